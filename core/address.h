@@ -43,7 +43,10 @@ struct address_param {
  * Parses "<path>" (with optional source route) from text[0..len). allow_null
  * permits "<>"; allow_utf8 permits RFC 6531 UTF-8 (checked for validity). On
  * success returns ADDRESS_OK, fills out and sets *end to the first octet after
- * the closing '>'. Accepts no surrounding spaces; the caller strips them.
+ * the closing '>'. Accepts no surrounding spaces; the caller strips them. Lengths
+ * are counted as written: a quoted local part with its quotes and backslashes. A
+ * source route is checked, flagged and dropped; "<postmaster>" gets domain "".
+ * On failure out is zeroed and *end untouched.
  */
 enum address_error address_parse_path(const char *text, size_t len, bool allow_null,
                                       bool allow_utf8, struct address *out, size_t *end);
