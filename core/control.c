@@ -1,0 +1,351 @@
+#include "core/control.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/worker.h"
+#include "queue/queue.h"
+
+#define CONTROL_IO_TIMEOUT_S 5
+
+static const char *
+control_rcpt_state(enum queue_rcpt_state st)
+{
+	switch (st) {
+	case QUEUE_RCPT_PENDING:
+		return "pending";
+	case QUEUE_RCPT_DELIVERED:
+		return "delivered";
+	case QUEUE_RCPT_BOUNCED:
+		return "bounced";
+	}
+	return "unknown";
+}
+
+static void
+control_time_iso(uint64_t ms, char *buf, size_t cap)
+{
+	time_t t = (time_t)(ms / 1000);
+	struct tm tm;
+
+	gmtime_r(&t, &tm);
+	strftime(buf, cap, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* The earliest next attempt and the latest error over the pending recipients. */
+static void
+control_message_summary(const struct queue_message *m, uint64_t *next_ms, const char **error)
+{
+	*next_ms = 0;
+	*error = NULL;
+	for (unsigned i = 0; i < m->rcpt_count; i++) {
+		const struct queue_rcpt *r = &m->rcpts[i];
+		if (r->state != QUEUE_RCPT_PENDING)
+			continue;
+		if (r->next_attempt_ms != 0 && (*next_ms == 0 || r->next_attempt_ms < *next_ms))
+			*next_ms = r->next_attempt_ms;
+		if (r->last_error != NULL)
+			*error = r->last_error;
+	}
+}
+
+static void
+control_format_json(struct strbuf *sb, const struct queue_message *m, uint64_t now_ms)
+{
+	char when[32];
+
+	control_time_iso(m->arrival_ms, when, sizeof(when));
+	strbuf_printf(sb, "{\"id\":\"%s\",\"size\":%zu,\"age_s\":%llu,\"arrival\":\"%s\",\"sender\":",
+		      m->id_text, m->body_len,
+		      (unsigned long long)(now_ms > m->arrival_ms ? (now_ms - m->arrival_ms) / 1000 : 0),
+		      when);
+	strbuf_json_string(sb, m->sender);
+	strbuf_puts(sb, ",\"sender_params\":");
+	strbuf_json_string(sb, m->sender_params);
+	strbuf_printf(sb, ",\"state\":\"%s\",\"recipients\":[", m->held ? "held" : "queued");
+	for (unsigned i = 0; i < m->rcpt_count; i++) {
+		const struct queue_rcpt *r = &m->rcpts[i];
+		strbuf_puts(sb, i ? ",{\"address\":" : "{\"address\":");
+		strbuf_json_string(sb, r->address);
+		strbuf_puts(sb, ",\"params\":");
+		strbuf_json_string(sb, r->params);
+		strbuf_printf(sb, ",\"state\":\"%s\",\"attempts\":%u,\"next_attempt_ms\":%llu,",
+			      control_rcpt_state(r->state), r->attempts,
+			      (unsigned long long)r->next_attempt_ms);
+		strbuf_puts(sb, "\"last_error\":");
+		if (r->last_error != NULL)
+			strbuf_json_string(sb, r->last_error);
+		else
+			strbuf_puts(sb, "null");
+		strbuf_puts(sb, "}");
+	}
+	strbuf_puts(sb, "],\"client\":{\"addr\":");
+	strbuf_json_string(sb, m->client_addr);
+	strbuf_puts(sb, ",\"helo\":");
+	strbuf_json_string(sb, m->client_name);
+	strbuf_puts(sb, ",\"protocol\":");
+	strbuf_json_string(sb, m->protocol);
+	strbuf_puts(sb, ",\"tls\":");
+	strbuf_json_string(sb, m->tls_version);
+	strbuf_puts(sb, ",\"auth\":");
+	strbuf_json_string(sb, m->auth_user);
+	strbuf_puts(sb, "}}");
+}
+
+void
+control_format_message(struct strbuf *sb, const struct queue_message *m, bool json,
+		       uint64_t now_ms)
+{
+	uint64_t next_ms;
+	const char *error;
+
+	if (json) {
+		control_format_json(sb, m, now_ms);
+		return;
+	}
+	control_message_summary(m, &next_ms, &error);
+	strbuf_printf(sb, "%s %zu %llus %s ", m->id_text, m->body_len,
+		      (unsigned long long)(now_ms > m->arrival_ms ? (now_ms - m->arrival_ms) / 1000 : 0),
+		      m->sender[0] ? m->sender : "<>");
+	for (unsigned i = 0; i < m->rcpt_count; i++)
+		strbuf_printf(sb, "%s%s", i ? "," : "", m->rcpts[i].address);
+	strbuf_printf(sb, " %s ", m->held ? "held" : "queued");
+	if (next_ms != 0) {
+		char when[32];
+		control_time_iso(next_ms, when, sizeof(when));
+		strbuf_puts(sb, when);
+	} else {
+		strbuf_puts(sb, "-");
+	}
+	strbuf_printf(sb, " %s", error ? error : "-");
+}
+
+void
+control_request_answered(struct control_request *r)
+{
+	pthread_mutex_lock(&r->lock);
+	if (--r->pending == 0)
+		pthread_cond_signal(&r->done);
+	pthread_mutex_unlock(&r->lock);
+}
+
+/* Sends r to every worker and waits until all have answered. */
+static void
+control_fan_out(struct control_request *r, struct worker **workers, unsigned n)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	r->now_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	r->pending = n;
+	for (unsigned i = 0; i < n; i++)
+		worker_post(workers[i], r);
+	pthread_mutex_lock(&r->lock);
+	while (r->pending > 0)
+		pthread_cond_wait(&r->done, &r->lock);
+	pthread_mutex_unlock(&r->lock);
+}
+
+static void
+control_stats_text(struct strbuf *sb, const struct control_stats *s, bool json)
+{
+	const struct {
+		const char *name;
+		uint64_t value;
+	} rows[] = {
+		{"connections_total", s->connections_total},
+		{"connections_active", s->connections_active},
+		{"connections_refused", s->connections_refused},
+		{"messages_accepted", s->messages_accepted},
+		{"bytes_accepted", s->bytes_accepted},
+		{"messages_refused", s->messages_refused},
+		{"rcpts_accepted", s->rcpts_accepted},
+		{"rcpts_refused", s->rcpts_refused},
+		{"journal_batches", s->journal_batches},
+		{"journal_syncs", s->journal_syncs},
+		{"journal_errors", s->journal_errors},
+		{"journal_disk_bytes", s->journal_disk_bytes},
+		{"queue_messages", s->queue_messages},
+		{"queue_recipients", s->queue_recipients},
+		{"queue_memory", s->queue_memory},
+		{"queue_memory_limit", s->queue_memory_limit},
+	};
+	size_t n = sizeof(rows) / sizeof(rows[0]);
+
+	for (size_t i = 0; i < n; i++) {
+		if (json)
+			strbuf_printf(sb, "%s\"%s\":%llu", i ? "," : "{", rows[i].name,
+				      (unsigned long long)rows[i].value);
+		else
+			strbuf_printf(sb, "%s %llu\n", rows[i].name, (unsigned long long)rows[i].value);
+	}
+	if (json)
+		strbuf_puts(sb, "}\n");
+}
+
+/* Runs one command line; fills reply (status line included). */
+static void
+control_run(char *line, struct strbuf *reply, struct worker **workers, unsigned n)
+{
+	char *save = NULL;
+	char *cmd = strtok_r(line, " \t\r\n", &save);
+	char *arg = strtok_r(NULL, " \t\r\n", &save);
+	struct control_request r = {.json = arg != NULL && strcmp(arg, "--json") == 0};
+
+	pthread_mutex_init(&r.lock, NULL);
+	pthread_cond_init(&r.done, NULL);
+	strbuf_init(&r.out, CONTROL_REPLY_MAX);
+	if (cmd == NULL) {
+		strbuf_puts(reply, "error empty command\n");
+	} else if (strcmp(cmd, "queue") == 0) {
+		r.cmd = CONTROL_QUEUE;
+		control_fan_out(&r, workers, n);
+		strbuf_puts(reply, "ok\n");
+		strbuf_puts(reply, r.json ? "[" : "");
+		strbuf_append(reply, r.out.data ? r.out.data : "", r.out.len);
+		strbuf_puts(reply, r.json ? "]\n" : "");
+	} else if (strcmp(cmd, "stats") == 0) {
+		r.cmd = CONTROL_STATS;
+		control_fan_out(&r, workers, n);
+		strbuf_puts(reply, "ok\n");
+		control_stats_text(reply, &r.stats, r.json);
+	} else if (strcmp(cmd, "show") == 0 && arg != NULL) {
+		r.cmd = CONTROL_SHOW;
+		snprintf(r.arg, sizeof(r.arg), "%s", arg);
+		control_fan_out(&r, workers, n);
+		if (r.found) {
+			strbuf_puts(reply, "ok\n");
+			strbuf_append(reply, r.out.data, r.out.len);
+		} else {
+			strbuf_printf(reply, "error no such message: %s\n", arg);
+		}
+	} else {
+		strbuf_printf(reply, "error unknown command \"%s\" (try: queue, show ID, stats)\n", cmd);
+	}
+	if (r.out.overflow || reply->overflow) {
+		strbuf_free(reply);
+		strbuf_puts(reply, "error reply too large\n");
+	}
+	strbuf_free(&r.out);
+	pthread_cond_destroy(&r.done);
+	pthread_mutex_destroy(&r.lock);
+}
+
+static void
+control_write_all(int fd, const char *p, size_t len)
+{
+	while (len > 0) {
+		ssize_t k = write(fd, p, len);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return;	/* the client went away: nothing to tell it */
+		p += k;
+		len -= (size_t)k;
+	}
+}
+
+static void
+control_client(int fd, struct worker **workers, unsigned n)
+{
+	char line[CONTROL_LINE_MAX];
+	size_t len = 0;
+	struct timeval tv = {.tv_sec = CONTROL_IO_TIMEOUT_S};
+	struct strbuf reply;
+
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	while (len < sizeof(line) - 1 && memchr(line, '\n', len) == NULL) {
+		ssize_t k = read(fd, line + len, sizeof(line) - 1 - len);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			break;
+		len += (size_t)k;
+	}
+	line[len] = '\0';
+	strbuf_init(&reply, CONTROL_REPLY_MAX);
+	if (memchr(line, '\n', len) == NULL)
+		strbuf_puts(&reply, "error command line missing or too long\n");
+	else
+		control_run(line, &reply, workers, n);
+	control_write_all(fd, reply.data ? reply.data : "", reply.len);
+	strbuf_free(&reply);
+}
+
+static int
+control_listen(const char *path)
+{
+	struct sockaddr_un sun = {.sun_family = AF_UNIX};
+	int fd;
+
+	if (strlen(path) >= sizeof(sun.sun_path))
+		return -ENAMETOOLONG;
+	memcpy(sun.sun_path, path, strlen(path) + 1);
+	char *slash = strrchr(sun.sun_path, '/');
+	if (slash != NULL && slash != sun.sun_path) {
+		*slash = '\0';
+		if (mkdir(sun.sun_path, 0750) != 0 && errno != EEXIST)
+			return -errno;
+		*slash = '/';
+	}
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	unlink(path);	/* a socket left by a previous run that did not stop cleanly */
+	if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0 || chmod(path, 0660) != 0 ||
+	    listen(fd, 16) != 0) {
+		int e = errno;
+		close(fd);
+		return -e;
+	}
+	return fd;
+}
+
+int
+control_serve(const char *socket_path, int signal_fd, struct worker **workers,
+	      unsigned worker_count)
+{
+	int lfd = control_listen(socket_path);
+
+	if (lfd < 0)
+		return lfd;
+	for (;;) {
+		struct pollfd pfd[2] = {{.fd = signal_fd, .events = POLLIN},
+					{.fd = lfd, .events = POLLIN}};
+		if (poll(pfd, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (pfd[0].revents & POLLIN) {
+			struct signalfd_siginfo si;
+			if (read(signal_fd, &si, sizeof(si)) == sizeof(si)) {
+				if (si.ssi_signo != SIGHUP)
+					break;
+				log_msg(CONFIG_LOG_INFO, "SIGHUP: nothing to reload yet");
+			}
+		}
+		if (pfd[1].revents & POLLIN) {
+			int cfd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+			if (cfd >= 0) {
+				control_client(cfd, workers, worker_count);
+				close(cfd);
+			}
+		}
+	}
+	close(lfd);
+	unlink(socket_path);
+	return 0;
+}

@@ -1,0 +1,294 @@
+/*
+ * main.c -- ringmx: configuration, binding, privilege drop, signals, workers and
+ * the control socket. The mail itself is handled by the workers (core/worker.c).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <grp.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/config.h"
+#include "core/connlimit.h"
+#include "core/control.h"
+#include "core/log.h"
+#include "core/policy.h"
+#include "core/worker.h"
+
+#define EXIT_CONFIG 2	/* the configuration has problems */
+
+static void
+usage(FILE *f)
+{
+	fprintf(f, "usage: ringmx [-c FILE] [-t] [-V] [--default-config]\n"
+		   "  -c FILE           configuration file (default: the built-in development config)\n"
+		   "  -t                check the configuration and exit (0: valid)\n"
+		   "  -V                print the version and exit\n"
+		   "  --default-config  print the built-in configuration as YAML and exit\n");
+}
+
+static int
+listen_socket(const struct config_listen *ls, char *err, size_t err_len)
+{
+	int one = 1;
+	int fd = socket(ls->address.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (fd < 0) {
+		snprintf(err, err_len, "listen %s: socket: %s", ls->address.text, strerror(errno));
+		return -1;
+	}
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+	/* accepted sockets inherit it: replies of a pipelined group leave at once */
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (ls->address.ss.ss_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	if (bind(fd, (const struct sockaddr *)&ls->address.ss, ls->address.len) != 0 ||
+	    listen(fd, 4096) != 0) {
+		snprintf(err, err_len, "listen %s: %s%s", ls->address.text, strerror(errno),
+			 errno == EACCES ? " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+					 : errno == EADDRINUSE ? " (another server has this port)" : "");
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+static int
+drop_privileges(const char *user, char *err, size_t err_len)
+{
+	struct passwd *pw = getpwnam(user);
+
+	if (pw == NULL) {
+		snprintf(err, err_len, "user %s: no such user", user);
+		return -1;
+	}
+	if (setgroups(0, NULL) != 0 || setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0) {
+		snprintf(err, err_len, "cannot become user %s: %s", user, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+struct server {
+	const struct config *cfg;
+	struct policy *policy;
+	struct connlimit *limits;
+	struct worker *workers[CONFIG_WORKERS_MAX];
+	unsigned started;
+	int listen_fds[CONFIG_WORKERS_MAX][CONFIG_LISTEN_MAX];
+};
+
+static int
+server_bind(struct server *s, char *err, size_t err_len)
+{
+	const struct config *cfg = s->cfg;
+
+	for (unsigned w = 0; w < cfg->workers; w++)
+		for (unsigned i = 0; i < cfg->listen_count; i++)
+			s->listen_fds[w][i] = -1;
+	for (unsigned w = 0; w < cfg->workers; w++) {
+		for (unsigned i = 0; i < cfg->listen_count; i++) {
+			s->listen_fds[w][i] = listen_socket(&cfg->listen[i], err, err_len);
+			if (s->listen_fds[w][i] < 0)
+				return -1;
+		}
+	}
+	return 0;
+}
+
+static void
+server_stop(struct server *s)
+{
+	struct control_request r = {.cmd = CONTROL_STOP};
+
+	pthread_mutex_init(&r.lock, NULL);
+	pthread_cond_init(&r.done, NULL);
+	r.pending = s->started;
+	for (unsigned i = 0; i < s->started; i++)
+		worker_post(s->workers[i], &r);
+	pthread_mutex_lock(&r.lock);
+	while (r.pending > 0)
+		pthread_cond_wait(&r.done, &r.lock);
+	pthread_mutex_unlock(&r.lock);
+	for (unsigned i = 0; i < s->started; i++)
+		worker_join(s->workers[i]);
+	s->started = 0;
+	pthread_cond_destroy(&r.done);
+	pthread_mutex_destroy(&r.lock);
+}
+
+/* Workers replay their journals (in order, here) and then start their loops. */
+static int
+server_start(struct server *s, char *err, size_t err_len)
+{
+	const struct config *cfg = s->cfg;
+
+	for (unsigned i = 0; i < cfg->workers; i++) {
+		s->workers[i] = worker_new(i, cfg, s->policy, s->limits, s->listen_fds[i], err,
+					   err_len);
+		if (s->workers[i] == NULL)
+			return -1;
+		for (unsigned k = 0; k < cfg->listen_count; k++)
+			s->listen_fds[i][k] = -1;	/* the worker owns them now */
+		if (worker_start(s->workers[i], err, err_len) != 0) {
+			worker_join(s->workers[i]);
+			return -1;
+		}
+		s->started++;
+	}
+	return 0;
+}
+
+static void
+server_close_sockets(struct server *s)
+{
+	for (unsigned w = 0; w < s->cfg->workers; w++)
+		for (unsigned i = 0; i < s->cfg->listen_count; i++)
+			if (s->listen_fds[w][i] >= 0)
+				close(s->listen_fds[w][i]);
+}
+
+static int
+run(const struct config *cfg)
+{
+	struct server s = {.cfg = cfg};
+	char err[512];
+	sigset_t sigs;
+	int sfd = -1, rc = 1;
+
+	log_setup(cfg->log_level, cfg->log_format);
+	if (worker_probe_uring(err, sizeof(err)) != 0 || config_check_spool(cfg, err, sizeof(err)))
+		goto fail;
+	s.policy = policy_new(cfg, err, sizeof(err));
+	if (s.policy == NULL)
+		goto fail;
+	s.limits = connlimit_new(cfg->limits_max_connections, cfg->limits_max_connections_per_ip);
+	if (s.limits == NULL) {
+		snprintf(err, sizeof(err), "out of memory");
+		goto fail;
+	}
+	if (server_bind(&s, err, sizeof(err)) != 0)
+		goto fail;
+	if (cfg->user[0] && drop_privileges(cfg->user, err, sizeof(err)) != 0)
+		goto fail;
+	/* every thread inherits the mask; the signals are read from a signalfd only */
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGHUP);
+	sigprocmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	sfd = signalfd(-1, &sigs, SFD_CLOEXEC);
+	if (sfd < 0) {
+		snprintf(err, sizeof(err), "signalfd: %s", strerror(errno));
+		goto fail;
+	}
+	if (!cfg->queue_sync)
+		log_msg(CONFIG_LOG_WARNING, "queue.sync is none: accepted mail is NOT synced to disk "
+					    "before the 250 reply (benchmarks only)");
+	if (server_start(&s, err, sizeof(err)) != 0)
+		goto fail;
+	log_msg(CONFIG_LOG_INFO, "ringmx %s started: %u workers, %u listeners, config %s",
+		RINGMX_VERSION, cfg->workers, cfg->listen_count, cfg->source);
+	int r = control_serve(cfg->control_socket, sfd, s.workers, s.started);
+	if (r != 0) {
+		snprintf(err, sizeof(err), "control socket %s: %s", cfg->control_socket, strerror(-r));
+		goto fail;
+	}
+	log_msg(CONFIG_LOG_INFO, "stopping");
+	server_stop(&s);
+	log_msg(CONFIG_LOG_INFO, "stopped");
+	rc = 0;
+	goto out;
+fail:
+	log_msg(CONFIG_LOG_ERROR, "%s", err);
+	fprintf(stderr, "ringmx: %s\n", err);
+	server_stop(&s);
+out:
+	server_close_sockets(&s);
+	if (sfd >= 0)
+		close(sfd);
+	policy_free(s.policy);
+	connlimit_free(s.limits);
+	return rc;
+}
+
+static void
+print_errors(const struct config_errors *errs)
+{
+	for (unsigned i = 0; i < errs->count; i++)
+		fprintf(stderr, "%s\n", errs->line[i]);
+	if (errs->dropped)
+		fprintf(stderr, "(and %u more problems)\n", errs->dropped);
+}
+
+int
+main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{"default-config", no_argument, NULL, 'D'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *path = NULL;
+	bool check = false;
+	int opt;
+
+	while ((opt = getopt_long(argc, argv, "c:tVh", longopts, NULL)) != -1) {
+		switch (opt) {
+		case 'c':
+			path = optarg;
+			break;
+		case 't':
+			check = true;
+			break;
+		case 'V':
+			printf("ringmx %s\n", RINGMX_VERSION);
+			return 0;
+		case 'D':
+			fputs(config_default_yaml(), stdout);
+			return 0;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return EXIT_CONFIG;
+		}
+	}
+	if (optind != argc) {
+		usage(stderr);
+		return EXIT_CONFIG;
+	}
+	struct config_errors errs = {0};
+	struct config *cfg = config_load(path, &errs);
+	if (cfg == NULL) {
+		print_errors(&errs);
+		return EXIT_CONFIG;
+	}
+	if (check) {
+		/* the maps are part of the configuration: -t reads them too */
+		char err[512];
+		struct policy *p = policy_new(cfg, err, sizeof(err));
+		if (p == NULL)
+			fprintf(stderr, "%s\n", err);
+		else
+			printf("%s: configuration ok\n", cfg->source);
+		policy_free(p);
+		config_free(cfg);
+		return p == NULL ? EXIT_CONFIG : 0;
+	}
+	int rc = run(cfg);
+	config_free(cfg);
+	return rc;
+}
