@@ -22,33 +22,33 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
-#define JOURNAL_RECORD_MAX   (64u * 1024 * 1024)	/* payload bytes of one record */
-#define JOURNAL_BATCH_MAX    (8u * 1024 * 1024)		/* pending bytes before append says busy */
-#define JOURNAL_SEGMENT_SIZE (64u * 1024 * 1024)	/* default rotation size */
+#define JOURNAL_RECORD_MAX   (64u * 1024 * 1024) /* payload bytes of one record */
+#define JOURNAL_BATCH_MAX    (8u * 1024 * 1024)  /* pending bytes before append says busy */
+#define JOURNAL_SEGMENT_SIZE (64u * 1024 * 1024) /* default rotation size */
 
 /* Module error codes, returned negated (-JOURNAL_ENOSPC). */
 enum journal_error {
-	JOURNAL_ENOSPC = 1000,	/* disk full: 452 4.3.1 */
-	JOURNAL_EBUSY,		/* pending batch full: 452 4.3.1, try again later */
-	JOURNAL_ETOOBIG,	/* record over JOURNAL_RECORD_MAX */
-	JOURNAL_EIO,		/* write or sync failed */
-	JOURNAL_ECORRUPT,	/* used in replay reports */
+	JOURNAL_ENOSPC = 1000, /* disk full: 452 4.3.1 */
+	JOURNAL_EBUSY,         /* pending batch full: 452 4.3.1, try again later */
+	JOURNAL_ETOOBIG,       /* record over JOURNAL_RECORD_MAX */
+	JOURNAL_EIO,           /* write or sync failed */
+	JOURNAL_ECORRUPT,      /* used in replay reports */
 };
 
 enum journal_rec_type {
-	JOURNAL_REC_MESSAGE = 1,	/* envelope + body of one accepted message */
-	JOURNAL_REC_DELIVERED,		/* recipients of a message delivered */
-	JOURNAL_REC_DEFERRED,		/* recipients deferred, next attempt, last error */
-	JOURNAL_REC_BOUNCED,		/* recipients failed permanently */
-	JOURNAL_REC_DELETED,		/* message removed (ringmxctl delete, all done) */
-	JOURNAL_REC_HOLD,		/* message held / released */
+	JOURNAL_REC_MESSAGE = 1, /* envelope + body of one accepted message */
+	JOURNAL_REC_DELIVERED,   /* recipients of a message delivered */
+	JOURNAL_REC_DEFERRED,    /* recipients deferred, next attempt, last error */
+	JOURNAL_REC_BOUNCED,     /* recipients failed permanently */
+	JOURNAL_REC_DELETED,     /* message removed (ringmxctl delete, all done) */
+	JOURNAL_REC_HOLD,        /* message held / released */
 };
 
 /* Where a record lives: used to read a body back and to know when a segment is done. */
 struct journal_loc {
-	uint64_t segment;	/* segment sequence number */
-	uint64_t offset;	/* of the record header */
-	uint32_t length;	/* of the payload */
+	uint64_t segment; /* segment sequence number */
+	uint64_t offset;  /* of the record header */
+	uint32_t length;  /* of the payload */
 };
 
 /* One batch handed to the worker to write at offset and then fdatasync. */
@@ -57,20 +57,20 @@ struct journal_write {
 	const void *buf;
 	size_t len;
 	uint64_t offset;
-	bool sync;		/* false with queue.sync = none */
-	uint64_t batch;		/* sequence number, increasing */
+	bool sync;      /* false with queue.sync = none */
+	uint64_t batch; /* sequence number, increasing */
 };
 
 /* Called once per valid record during replay, in log order. Returns 0 or a negative error. */
 typedef int (*journal_replay_fn)(void *arg, enum journal_rec_type type, const void *payload,
-				 size_t len, const struct journal_loc *loc);
+                                 size_t len, const struct journal_loc *loc);
 
 /* One line per notable replay event (torn tail cut, segment quarantined, ...). */
 typedef void (*journal_report_fn)(void *arg, const char *line);
 
 struct journal_params {
-	const char *dir;		/* spool_dir/<shard>, created if missing */
-	uint64_t segment_size;		/* rotation threshold; 0: JOURNAL_SEGMENT_SIZE */
+	const char *dir;       /* spool_dir/<shard>, created if missing */
+	uint64_t segment_size; /* rotation threshold; 0: JOURNAL_SEGMENT_SIZE */
 	bool sync;
 	journal_replay_fn replay;
 	journal_report_fn report;
@@ -91,7 +91,7 @@ struct journal;
  * filled.
  */
 int journal_open(const struct journal_params *params, struct journal **out, char *err,
-		 size_t err_len);
+                 size_t err_len);
 void journal_close(struct journal *j);
 
 /*
@@ -101,7 +101,7 @@ void journal_close(struct journal *j);
  * bigger), -JOURNAL_ETOOBIG or -ENOMEM.
  */
 int64_t journal_append(struct journal *j, enum journal_rec_type type, const struct iovec *parts,
-		       unsigned part_count, struct journal_loc *loc);
+                       unsigned part_count, struct journal_loc *loc);
 
 /* True when records are pending and no batch is in flight. */
 bool journal_batch_ready(const struct journal *j);
