@@ -328,47 +328,56 @@ errors_add(struct config_errors *errs, const char *fmt, ...)
 	va_end(ap);
 }
 
-/* Where a node starts; collections have no token of their own, so use their first scalar. */
-static const struct fy_mark *
-node_mark(struct fy_node *node)
+/*
+ * Where a node starts, 1-based, in *pos (line, column). Collections have no token of
+ * their own, so they point at their first scalar; a quoted scalar's token starts after
+ * its quote, so step back onto it. False when the node has no position.
+ */
+static bool
+node_position(struct fy_node *node, int pos[2])
 {
 	void *iter = NULL;
 	struct fy_node_pair *pair;
 	struct fy_token *token;
+	const struct fy_mark *mark;
+	enum fy_node_style style;
 
 	if (node == NULL)
-		return NULL;
-	if (fy_node_is_scalar(node)) {
-		token = fy_node_get_scalar_token(node);
-		return token ? fy_token_start_mark(token) : NULL;
-	}
+		return false;
 	if (fy_node_is_mapping(node)) {
 		pair = fy_node_mapping_iterate(node, &iter);
-		return pair ? node_mark(fy_node_pair_key(pair)) : NULL;
+		return pair && node_position(fy_node_pair_key(pair), pos);
 	}
 	if (fy_node_is_sequence(node))
-		return node_mark(fy_node_sequence_iterate(node, &iter));
-	return NULL;
+		return node_position(fy_node_sequence_iterate(node, &iter), pos);
+	token = fy_node_is_scalar(node) ? fy_node_get_scalar_token(node) : NULL;
+	mark = token ? fy_token_start_mark(token) : NULL;
+	if (mark == NULL)
+		return false;
+	style = fy_node_get_style(node);
+	pos[0] = mark->line + 1;
+	pos[1] = mark->column + 1;
+	if ((style == FYNS_SINGLE_QUOTED || style == FYNS_DOUBLE_QUOTED) && pos[1] > 1)
+		pos[1]--;
+	return true;
 }
 
 static void __attribute__((format(printf, 3, 4)))
 loader_error(struct loader *ld, const struct item *it, const char *fmt, ...)
 {
-	const struct fy_mark *mark = node_mark(it->value);
 	char msg[sizeof(ld->errs->line[0])];
+	const char *sep = it->path[0] ? ": " : "";
+	int pos[2];
 	va_list ap;
 
-	if (mark == NULL)
-		mark = node_mark(it->key);
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	if (mark != NULL)
-		errors_add(ld->errs, "%s:%d:%d: %s%s%s", ld->file, mark->line + 1, mark->column + 1,
-		           it->path, it->path[0] ? ": " : "", msg);
-	else
-		errors_add(ld->errs, "%s: %s%s%s", ld->file, it->path, it->path[0] ? ": " : "",
+	if (node_position(it->value, pos) || node_position(it->key, pos))
+		errors_add(ld->errs, "%s:%d:%d: %s%s%s", ld->file, pos[0], pos[1], it->path, sep,
 		           msg);
+	else
+		errors_add(ld->errs, "%s: %s%s%s", ld->file, it->path, sep, msg);
 }
 
 /* Key paths are labels for messages: a pathological key name may be cut, never overflow. */
@@ -1143,27 +1152,27 @@ static const char default_yaml[] =
     "routes:                        # next hop per recipient domain; \"*\" = every other\n"
     "  \"*\": mx                      # mx: DNS MX; \"[host]:port\": that host; host: its MX\n"
     "\n"
-    "dns:\n"
+    "dns:                           # the resolver for MX, A/AAAA and TLSA lookups\n"
     "  forward: []                  # resolvers, e.g. [ \"127.0.0.1@5353\" ]; []: resolv.conf\n"
     "  dnssec: validate             # validate | off\n"
     "  # trust_anchor_file: /usr/share/dns/root.key  # the default (Debian dns-root-data)\n"
     "  # unbound_config: ./unbound.conf  # extra settings read with ub_ctx_config\n"
     "  # hosts_file: ./hosts         # static host addresses for the resolver\n"
     "\n"
-    "outbound:\n"
+    "outbound:                      # delivery to next hops\n"
     "  port: 25                     # SMTP port of next hops (tests point it at a sink)\n"
     "  tls: may                     # none | may | encrypt | dane | verify\n"
     "  max_connections_per_destination: 20   # parallel connections to one next hop\n"
     "  max_messages_per_connection: 100      # messages sent before reconnecting\n"
     "\n"
-    "queue:\n"
+    "queue:                         # the journal under spool_dir\n"
     "  sync: always                 # always: fdatasync before 250; none: benchmarks only\n"
     "  retry: [ 1m, 5m, 15m, 30m, 1h, 2h, 4h ]  # delays between delivery attempts\n"
     "  max_lifetime: 5d             # undelivered after this: bounce\n"
     "  memory_limit: 1G             # queued mail held in memory; beyond it: 452 4.3.1\n"
     "  segment_size: 64M            # journal files rotate at this size\n"
     "\n"
-    "limits:\n"
+    "limits:                        # per connection and per message\n"
     "  max_message_size: 36700160   # bytes; larger: 552 5.3.4\n"
     "  max_recipients: 1000         # per message; more: 452 4.5.3\n"
     "  max_connections: 20000       # inbound connections in all\n"
