@@ -52,6 +52,8 @@ struct send_conn {
 	unsigned stage; /* replies seen in the transaction: MAIL, RCPT 1..R, DATA */
 	unsigned rcpt_ok;
 	int fail_code; /* first non-2xx reply to MAIL or RCPT */
+	int need_rset; /* the last transaction ended without DATA */
+	int rset_wait; /* the RSET reply comes first */
 	uint64_t seq;
 	uint64_t t_start_ns;
 	uint64_t t_data_end_ns;
@@ -210,6 +212,13 @@ txn_begin(struct send_thread *t, struct send_conn *c)
 	c->rcpt_ok = 0;
 	c->fail_code = 0;
 	c->t_data_end_ns = 0;
+	if (c->need_rset) {
+		c->need_rset = 0;
+		c->rset_wait = 1;
+		conn_write(t, c, "RSET\r\n", 6);
+		if (!c->pipelining)
+			return;
+	}
 	conn_write(t, c, sh->cmds, end);
 }
 
@@ -267,8 +276,15 @@ static void
 txn_reply(struct send_thread *t, struct send_conn *c, int code, const char *line)
 {
 	const struct send_shared *sh = t->sh;
-	unsigned s = c->stage++;
+	unsigned s;
 
+	if (c->rset_wait) {
+		c->rset_wait = 0;
+		if (!c->pipelining)
+			conn_write(t, c, sh->cmds, sh->cmd_off[1]);
+		return;
+	}
+	s = c->stage++;
 	if (s <= sh->o->rcpts) { /* MAIL or a RCPT */
 		if (code / 100 == 2) {
 			c->rcpt_ok += s > 0;
@@ -294,6 +310,8 @@ txn_reply(struct send_thread *t, struct send_conn *c, int code, const char *line
 		conn_write(t, c, sh->gen.body, sh->gen.body_len);
 		return;
 	}
+	/* DATA refused: servers keep the MAIL state (Postfix does), so the next one needs RSET. */
+	c->need_rset = 1;
 	if (c->fail_code)
 		txn_finish(t, c, c->fail_code, c->fail_text);
 	else
@@ -407,6 +425,8 @@ send_on_recv(struct send_thread *t, struct send_conn *c, const struct io_uring_c
 			conn_close(t, c);
 		else
 			conn_fail(t, c, "connection closed by server");
+	} else if (cqe->res == -ECONNRESET) {
+		conn_fail(t, c, "connection closed by server (reset)");
 	} else if (cqe->res != -ENOBUFS) {
 		conn_fail(t, c, "receive failed");
 	}
@@ -474,6 +494,8 @@ conn_connect(struct send_thread *t, struct send_conn *c)
 
 	c->state = SEND_CONNECTING;
 	c->pipelining = 0;
+	c->need_rset = 0;
+	c->rset_wait = 0;
 	c->sending = 0;
 	c->iov_head = c->iov_n = 0;
 	reply_parser_init(&c->rp);
