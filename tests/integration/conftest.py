@@ -6,6 +6,7 @@ Every process a test starts is stopped when the test ends.
 import json
 import os
 import signal
+import smtplib
 import socket
 import subprocess
 import time
@@ -46,6 +47,79 @@ def wait_port(host, port, timeout=10.0, proc=None):
 def to_yaml(value):
     """Enough YAML for our configs: JSON flow style is valid YAML 1.2."""
     return json.dumps(value, indent=2)
+
+
+def wait_until(cond, timeout=10.0, what="condition"):
+    """Polls cond() until it returns a true value (returned) or timeout passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def show_message(server, queue_id):
+    """`ringmxctl show ID` split into (envelope line, our Received: header, the bytes sent)."""
+    out = server.ctl("show", queue_id).stdout
+    envelope, stored = out.split(b"\n", 1)
+    assert stored.startswith(b"Received: "), stored[:200]
+    end = 0
+    while True:  # the header ends at the first line that is not a continuation
+        end = stored.index(b"\r\n", end) + 2
+        if stored[end:end + 1] not in (b" ", b"\t"):
+            break
+    return envelope.decode(), stored[:end].decode(), stored[end:]
+
+
+def smtp_client(server, source="127.0.0.1", timeout=10.0):
+    """An smtplib session to server, from the loopback address source."""
+    return smtplib.SMTP("127.0.0.1", server.port, timeout=timeout, source_address=(source, 0))
+
+
+class RawSmtp:
+    """SMTP over a bare socket, for exact bytes: send() them, read reply() as (code, text)."""
+
+    def __init__(self, server, source="127.0.0.1", timeout=10.0):
+        self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=timeout,
+                                             source_address=(source, 0))
+        self.buf = b""
+
+    def send(self, data):
+        self.sock.sendall(data.encode() if isinstance(data, str) else data)
+
+    def line(self):
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(f"connection closed; pending {self.buf!r}")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line.decode(errors="replace")
+
+    def reply(self):
+        """One whole (possibly multi-line) reply: (code, text of its lines joined by \\n)."""
+        lines = [self.line()]
+        while len(lines[-1]) > 3 and lines[-1][3] == "-":
+            lines.append(self.line())
+        return int(lines[-1][:3]), "\n".join(lines)
+
+    def cmd(self, line):
+        self.send(line + "\r\n")
+        return self.reply()
+
+    def closed(self):
+        """True when the server closes the connection (any unread bytes are dropped)."""
+        try:
+            while self.sock.recv(65536):
+                pass
+            return True
+        except ConnectionResetError:
+            return True
+
+    def close(self):
+        self.sock.close()
 
 
 class Ringmx:
