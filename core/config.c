@@ -380,8 +380,12 @@ loader_error(struct loader *ld, const struct item *it, const char *fmt, ...)
 		errors_add(ld->errs, "%s: %s%s%s", ld->file, it->path, sep, msg);
 }
 
+static void path_format(struct item *it, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
 /* Key paths are labels for messages: a pathological key name may be cut, never overflow. */
-static void __attribute__((format(printf, 2, 3))) path_format(struct item *it, const char *fmt, ...)
+static void
+path_format(struct item *it, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -390,18 +394,26 @@ static void __attribute__((format(printf, 2, 3))) path_format(struct item *it, c
 	va_end(ap);
 }
 
+/* The item for the value of key `name` inside parent. */
 static void
-item_child(const struct item *parent, struct fy_node *key, struct fy_node *value, const char *name,
-           int index, struct item *child)
+item_member(const struct item *parent, struct fy_node *key, struct fy_node *value, const char *name,
+            struct item *child)
 {
 	child->key = key;
 	child->value = value;
-	if (index >= 0)
-		path_format(child, "%s[%d]", parent->path, index);
-	else if (parent->path[0] == '\0')
+	if (parent->path[0] == '\0')
 		path_format(child, "%s", name);
 	else
 		path_format(child, "%s.%s", parent->path, name);
+}
+
+/* The item for entry `index` of the list parent; its key is the list's own key. */
+static void
+item_entry(const struct item *parent, struct fy_node *value, int index, struct item *child)
+{
+	child->key = parent->key;
+	child->value = value;
+	path_format(child, "%s[%d]", parent->path, index);
 }
 
 /* YAML 1.2 core schema null: no value, "~" or "null" written plain. */
@@ -473,11 +485,9 @@ enum field_kind {
 	FIELD_DURATION,
 	FIELD_SIZE,
 	FIELD_ENUM, /* one of names[]; stored as its index (bool fields: off=0, on=1) */
+	FIELD_LIST, /* a list of up to max entries (at least min), count stored apart */
 	FIELD_CUSTOM,
 };
-
-struct loader;
-struct item;
 
 struct field {
 	const char *name;
@@ -489,6 +499,8 @@ struct field {
 	const char *const *names;
 	const struct field *section;
 	void (*parse)(struct loader *ld, const struct item *it, void *target);
+	void (*entry)(struct loader *ld, const struct item *entry, unsigned index);
+	size_t count_offset; /* FIELD_LIST: the unsigned count of entries */
 };
 
 #define AT(type, member) .offset = offsetof(type, member), .size = sizeof(((type *)0)->member)
@@ -519,6 +531,11 @@ struct field {
 #define CUSTOM(n, type, member, fn)                                                                \
 	{                                                                                          \
 		.name = n, .kind = FIELD_CUSTOM, AT(type, member), .parse = fn                     \
+	}
+#define LIST(n, type, member, count, lo, hi, fn)                                                   \
+	{                                                                                          \
+		.name = n, .kind = FIELD_LIST, AT(type, member), .min = lo, .max = hi,             \
+		.entry = fn, .count_offset = offsetof(type, count)                                 \
 	}
 #define FIELDS_END                                                                                 \
 	{                                                                                          \
@@ -624,6 +641,53 @@ field_enum(struct loader *ld, const struct item *it, const struct field *f, void
 	loader_error(ld, it, "bad value \"%.64s\" (want one of: %s)", text, want);
 }
 
+/* Calls fn for each entry of a list of at most max; the count, or -1 (reported) if refused. */
+static int
+walk_sequence(struct loader *ld, const struct item *it, unsigned max,
+              void (*fn)(struct loader *ld, const struct item *entry, unsigned index))
+{
+	void *iter = NULL;
+	struct fy_node *node;
+	int count;
+	int index = 0;
+
+	if (node_is_null(it->value))
+		return 0;
+	if (!fy_node_is_sequence(it->value)) {
+		loader_error(ld, it, "expected a list");
+		return -1;
+	}
+	count = fy_node_sequence_item_count(it->value);
+	if (count < 0 || (unsigned)count > max) {
+		loader_error(ld, it, "too many entries (%d, max %u)", count, max);
+		return -1;
+	}
+	while ((node = fy_node_sequence_iterate(it->value, &iter)) != NULL) {
+		struct item entry;
+
+		item_entry(it, node, index, &entry);
+		fn(ld, &entry, (unsigned)index);
+		index++;
+	}
+	return count;
+}
+
+/* A list replaces the default entries; a failed list keeps its count so errors don't cascade. */
+static void
+field_list(struct loader *ld, const struct item *it, const struct field *f, void *base)
+{
+	int count = walk_sequence(ld, it, (unsigned)f->max, f->entry);
+
+	if (count < 0)
+		return;
+	if ((uint64_t)count < f->min) {
+		loader_error(ld, it, "needs at least %llu %s", (unsigned long long)f->min,
+		             f->min == 1 ? "entry" : "entries");
+		return;
+	}
+	store_uint((char *)base + f->count_offset, sizeof(unsigned), (uint64_t)count);
+}
+
 static void walk_mapping(struct loader *ld, const struct item *it, const struct field *fields,
                          void *base);
 
@@ -652,6 +716,9 @@ field_parse(struct loader *ld, const struct item *it, const struct field *f, voi
 		break;
 	case FIELD_ENUM:
 		field_enum(ld, it, f, target);
+		break;
+	case FIELD_LIST:
+		field_list(ld, it, f, base);
 		break;
 	case FIELD_CUSTOM:
 		f->parse(ld, it, target);
@@ -687,7 +754,7 @@ walk_mapping(struct loader *ld, const struct item *it, const struct field *field
 		const struct field *f = name ? field_find(fields, name) : NULL;
 		struct item child;
 
-		item_child(it, key, fy_node_pair_value(pair), name ? name : "?", -1, &child);
+		item_member(it, key, fy_node_pair_value(pair), name ? name : "?", &child);
 		if (name == NULL) {
 			child.value = key;
 			loader_error(ld, &child, "expected a key name");
@@ -698,37 +765,6 @@ walk_mapping(struct loader *ld, const struct item *it, const struct field *field
 			field_parse(ld, &child, f, base);
 		}
 	}
-}
-
-/* Calls fn for each entry of a list of at most max; returns the count, or -1 if not a list. */
-static int
-walk_sequence(struct loader *ld, const struct item *it, unsigned max,
-              void (*fn)(struct loader *ld, const struct item *entry, unsigned index))
-{
-	void *iter = NULL;
-	struct fy_node *node;
-	int count;
-	int index = 0;
-
-	if (node_is_null(it->value))
-		return 0;
-	if (!fy_node_is_sequence(it->value)) {
-		loader_error(ld, it, "expected a list");
-		return -1;
-	}
-	count = fy_node_sequence_item_count(it->value);
-	if (count < 0 || (unsigned)count > max) {
-		loader_error(ld, it, "too many entries (%d, max %u)", count, max);
-		return -1;
-	}
-	while ((node = fy_node_sequence_iterate(it->value, &iter)) != NULL) {
-		struct item entry;
-
-		item_child(it, it->key, node, NULL, index, &entry);
-		fn(ld, &entry, (unsigned)index);
-		index++;
-	}
-	return count;
 }
 
 static void
@@ -789,17 +825,6 @@ listen_entry(struct loader *ld, const struct item *entry, unsigned index)
 }
 
 static void
-parse_listen(struct loader *ld, const struct item *it, void *target)
-{
-	int count = walk_sequence(ld, it, CONFIG_LISTEN_MAX, listen_entry);
-
-	if (count == 0)
-		loader_error(ld, it, "needs at least one listener");
-	if (count > 0)
-		ld->cfg->listen_count = (unsigned)count;
-}
-
-static void
 relay_domain_entry(struct loader *ld, const struct item *entry, unsigned index)
 {
 	const char *text = item_text(ld, entry, "a domain name");
@@ -841,15 +866,6 @@ network_entry(struct loader *ld, const struct item *entry, unsigned index)
 		loader_error(ld, entry, "bad CIDR \"%.64s\"", text);
 }
 
-static void
-parse_mynetworks(struct loader *ld, const struct item *it, void *target)
-{
-	int count = walk_sequence(ld, it, CONFIG_NETWORKS_MAX, network_entry);
-
-	if (count >= 0)
-		ld->cfg->mynetwork_count = (unsigned)count;
-}
-
 /* "IP" or "IP@PORT", as libunbound's ub_ctx_set_fwd takes it. */
 static void
 forward_entry(struct loader *ld, const struct item *entry, unsigned index)
@@ -873,32 +889,12 @@ forward_entry(struct loader *ld, const struct item *entry, unsigned index)
 }
 
 static void
-parse_forward(struct loader *ld, const struct item *it, void *target)
-{
-	int count = walk_sequence(ld, it, CONFIG_FORWARD_MAX, forward_entry);
-
-	if (count >= 0)
-		ld->cfg->dns_forward_count = (unsigned)count;
-}
-
-static void
 retry_entry(struct loader *ld, const struct item *entry, unsigned index)
 {
 	static const struct field retry =
 	    DURATION("retry", struct config, queue_retry_s[0], 1000, 1, 30 * 86400);
 
 	field_number(ld, entry, &retry, &ld->cfg->queue_retry_s[index]);
-}
-
-static void
-parse_retry(struct loader *ld, const struct item *it, void *target)
-{
-	int count = walk_sequence(ld, it, CONFIG_RETRY_MAX, retry_entry);
-
-	if (count == 0)
-		loader_error(ld, it, "needs at least one delay");
-	if (count > 0)
-		ld->cfg->queue_retry_count = (unsigned)count;
 }
 
 static bool
@@ -1016,7 +1012,7 @@ parse_routes(struct loader *ld, const struct item *it, void *target)
 		struct fy_node *key = fy_node_pair_key(pair);
 		const char *name = key && fy_node_is_scalar(key) ? fy_node_get_scalar0(key) : "?";
 
-		item_child(it, key, fy_node_pair_value(pair), name, -1, &entry);
+		item_member(it, key, fy_node_pair_value(pair), name, &entry);
 		route_entry(ld, &entry);
 	}
 }
@@ -1056,7 +1052,8 @@ static const struct field auth_fields[] = {
 };
 
 static const struct field dns_fields[] = {
-    CUSTOM("forward", struct config, dns_forward, parse_forward),
+    LIST("forward", struct config, dns_forward, dns_forward_count, 0, CONFIG_FORWARD_MAX,
+         forward_entry),
     FILENAME("trust_anchor_file", struct config, dns_trust_anchor_file),
     ENUM("dnssec", struct config, dns_dnssec, dnssec_names),
     FILENAME("unbound_config", struct config, dns_unbound_config),
@@ -1076,7 +1073,8 @@ static const struct field outbound_fields[] = {
 
 static const struct field queue_fields[] = {
     ENUM("sync", struct config, queue_sync, sync_names),
-    CUSTOM("retry", struct config, queue_retry_s, parse_retry),
+    LIST("retry", struct config, queue_retry_s, queue_retry_count, 1, CONFIG_RETRY_MAX,
+         retry_entry),
     DURATION("max_lifetime", struct config, queue_max_lifetime_s, 1000, 1, 365 * DAY_S),
     SIZE("memory_limit", struct config, queue_memory_limit, 64 * KIB, 1024 * GIB),
     SIZE("segment_size", struct config, queue_segment_size, 64 * KIB, 4 * GIB),
@@ -1104,11 +1102,12 @@ static const struct field top_fields[] = {
     STRING("control_socket", struct config, control_socket),
     SECTION("log", log_fields),
     SECTION("metrics", metrics_fields),
-    CUSTOM("listen", struct config, listen, parse_listen),
+    LIST("listen", struct config, listen, listen_count, 1, CONFIG_LISTEN_MAX, listen_entry),
     SECTION("tls", tls_fields),
     CUSTOM("relay_domains", struct config, relay_domains, parse_relay_domains),
     FILENAME("recipient_map", struct config, recipient_map),
-    CUSTOM("mynetworks", struct config, mynetworks, parse_mynetworks),
+    LIST("mynetworks", struct config, mynetworks, mynetwork_count, 0, CONFIG_NETWORKS_MAX,
+         network_entry),
     SECTION("auth", auth_fields),
     CUSTOM("routes", struct config, routes, parse_routes),
     SECTION("dns", dns_fields),

@@ -117,7 +117,7 @@ struct config {
 	struct config_sockaddr metrics_listen;
 
 	struct config_listen listen[CONFIG_LISTEN_MAX];
-	unsigned listen_count;
+	unsigned listen_count;	/* >= 1; no `listen` key: 0.0.0.0:25 mx, tls may, auth off */
 
 	char tls_certificate[CONFIG_PATH_LEN];
 	char tls_key[CONFIG_PATH_LEN];
@@ -130,7 +130,7 @@ struct config {
 	unsigned mynetwork_count;
 	char auth_passwd_file[CONFIG_PATH_LEN];
 
-	struct config_route *routes;
+	struct config_route *routes;	/* sorted by domain for bsearch; "*" always present */
 	unsigned route_count;
 
 	char dns_forward[CONFIG_FORWARD_MAX][64];
