@@ -338,7 +338,7 @@ query_leave(struct dns_wait *w)
 }
 
 static int
-req_new(struct dns *d, enum dns_kind kind, struct dns_req **out)
+req_new(struct dns *d, enum dns_kind kind, const char *name, void *arg, struct dns_req **out)
 {
 	struct dns_req *r;
 	unsigned slot;
@@ -353,6 +353,8 @@ req_new(struct dns *d, enum dns_kind kind, struct dns_req **out)
 	d->slots[slot] = r;
 	r->d = d;
 	r->kind = kind;
+	r->arg = arg;
+	strcpy(r->name, name);
 	r->id = (int)(((d->gen[slot] & DNS_GEN_MASK) << DNS_INFLIGHT_BITS) | slot) + 1;
 	*out = r;
 	return 0;
@@ -821,11 +823,9 @@ dns_resolve_mx(struct dns *d, const char *domain, dns_mx_cb cb, void *arg)
 	assert(cb != NULL);
 	if (name_normalize(domain, name) != 0)
 		return -EINVAL;
-	if ((rc = req_new(d, DNS_KIND_MX, &r)) != 0)
+	if ((rc = req_new(d, DNS_KIND_MX, name, arg, &r)) != 0)
 		return rc;
-	strcpy(r->name, name);
 	r->mx_cb = cb;
-	r->arg = arg;
 	return req_start(r, RR_MX);
 }
 
@@ -844,11 +844,9 @@ dns_resolve_tlsa(struct dns *d, const char *host, uint16_t port, dns_tlsa_cb cb,
 	snprintf(full, sizeof(full), "_%u._tcp.%s", port, name);
 	if (strlen(full) > DNS_NAME_MAX)
 		return -EINVAL;
-	if ((rc = req_new(d, DNS_KIND_TLSA, &r)) != 0)
+	if ((rc = req_new(d, DNS_KIND_TLSA, full, arg, &r)) != 0)
 		return rc;
-	strcpy(r->name, full);
 	r->tlsa_cb = cb;
-	r->arg = arg;
 	return req_start(r, RR_TLSA);
 }
 
