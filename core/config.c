@@ -307,6 +307,9 @@ struct item {
 	char path[CONFIG_KEY_PATH_LEN];
 };
 
+static void errors_vadd(struct config_errors *errs, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+
 static void
 errors_vadd(struct config_errors *errs, const char *fmt, va_list ap)
 {

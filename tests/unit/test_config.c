@@ -839,7 +839,7 @@ static int
 spool_check_unprivileged(struct scratch *s, const struct config *cfg)
 {
 	char err[512] = "";
-	int status;
+	int status = 0;
 	int rc;
 	pid_t pid;
 
