@@ -387,6 +387,19 @@ test_production_defaults(struct scratch *s)
 	config_free(cfg);
 }
 
+/* Loads a file that must be valid, showing its errors if it is not. */
+static struct config *
+load_ok(const char *path)
+{
+	struct config_errors errs;
+	struct config *cfg = config_load(path, &errs);
+
+	CHECK(cfg != NULL);
+	for (unsigned i = 0; i < errs.count; i++)
+		printf("  %s\n", errs.line[i]);
+	return cfg;
+}
+
 static void
 check_full_numbers(const struct config *cfg)
 {
@@ -414,12 +427,8 @@ check_full_numbers(const struct config *cfg)
 static void
 test_full(void)
 {
-	struct config_errors errs;
-	struct config *cfg = config_load(FIXTURE("full.yaml"), &errs);
+	struct config *cfg = load_ok(FIXTURE("full.yaml"));
 
-	CHECK(cfg != NULL);
-	for (unsigned i = 0; i < errs.count; i++)
-		printf("  %s\n", errs.line[i]);
 	if (cfg == NULL)
 		return;
 	CHECK(strcmp(cfg->hostname, "mx.example.test") == 0);
@@ -478,12 +487,8 @@ test_full(void)
 static void
 test_json(void)
 {
-	struct config_errors errs;
-	struct config *cfg = config_load(FIXTURE("full.json"), &errs);
+	struct config *cfg = load_ok(FIXTURE("full.json"));
 
-	CHECK(cfg != NULL);
-	for (unsigned i = 0; i < errs.count; i++)
-		printf("  %s\n", errs.line[i]);
 	if (cfg == NULL)
 		return;
 	CHECK(strcmp(cfg->hostname, "json.example.test") == 0);
@@ -638,10 +643,8 @@ test_more_errors(struct scratch *s)
 static void
 test_off_is_a_string(void)
 {
-	struct config_errors errs;
-	struct config *cfg = config_load(FIXTURE("off.yaml"), &errs);
+	struct config *cfg = load_ok(FIXTURE("off.yaml"));
 
-	CHECK(cfg != NULL);
 	if (cfg == NULL)
 		return;
 	CHECK(strcmp(cfg->hostname, "off") == 0);
