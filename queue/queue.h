@@ -14,12 +14,12 @@
 
 #include "queue/journal.h"
 
-#define QUEUE_ID_LEN	   16	/* hex digits of a queue id */
-#define QUEUE_RCPTS_MAX	   10000	/* recipients of one message */
-#ifndef QUEUE_MESSAGES_MAX	/* test_queue.c compiles queue.c with a small one */
-#define QUEUE_MESSAGES_MAX (16u * 1024 * 1024)	/* messages in one worker's queue */
+#define QUEUE_ID_LEN    16                     /* hex digits of a queue id */
+#define QUEUE_RCPTS_MAX 10000                  /* recipients of one message */
+#ifndef QUEUE_MESSAGES_MAX                     /* test_queue.c compiles queue.c with a small one */
+#define QUEUE_MESSAGES_MAX (16u * 1024 * 1024) /* messages in one worker's queue */
 #endif
-#define QUEUE_TEXT_MAX	   1024	/* one envelope string (address, params, names) */
+#define QUEUE_TEXT_MAX 1024 /* one envelope string (address, params, names) */
 
 /* Queue ids: time in µs at the worker's start, plus a counter, with the worker number
  * in the low 6 bits; printed as 16 hex digits. Unique across workers and restarts. */
@@ -32,32 +32,32 @@ enum queue_rcpt_state {
 };
 
 struct queue_rcpt {
-	char *address;		/* "local@domain" */
-	char *params;		/* ESMTP RCPT parameters as received, "" if none */
+	char *address; /* "local@domain" */
+	char *params;  /* ESMTP RCPT parameters as received, "" if none */
 	enum queue_rcpt_state state;
 	uint32_t attempts;
-	uint64_t next_attempt_ms;	/* wall clock, ms */
-	char *last_error;	/* NULL if none; malloc'd, freed by queue_remove */
+	uint64_t next_attempt_ms; /* wall clock, ms */
+	char *last_error;         /* NULL if none; malloc'd, freed by queue_remove */
 };
 
 /* Facts about how the message arrived, recorded for Received:, logs and DSNs. */
 struct queue_origin {
-	const char *client_addr;	/* "192.0.2.1" */
-	const char *client_name;	/* HELO/EHLO name */
-	const char *protocol;		/* "ESMTP", "ESMTPS", "ESMTPSA", ... */
-	const char *tls_version;	/* "" without TLS */
-	const char *auth_user;		/* "" without AUTH */
+	const char *client_addr; /* "192.0.2.1" */
+	const char *client_name; /* HELO/EHLO name */
+	const char *protocol;    /* "ESMTP", "ESMTPS", "ESMTPSA", ... */
+	const char *tls_version; /* "" without TLS */
+	const char *auth_user;   /* "" without AUTH */
 };
 
 /* Input to queue_message_new: what the server accepted. */
 struct queue_envelope {
-	const char *sender;		/* "" for <> */
+	const char *sender; /* "" for <> */
 	const char *sender_params;
 	const char *const *rcpt_addresses;
 	const char *const *rcpt_params;
 	unsigned rcpt_count;
 	struct queue_origin origin;
-	uint64_t arrival_ms;		/* wall clock */
+	uint64_t arrival_ms; /* wall clock */
 };
 
 struct queue_message {
@@ -70,11 +70,11 @@ struct queue_message {
 	struct queue_rcpt *rcpts;
 	unsigned rcpt_count;
 	bool held;
-	uint8_t *body;			/* NULL when evicted: journal_read(loc) gives the record
-					 * payload, whose last body_len bytes are the body */
+	uint8_t *body; /* NULL when evicted: journal_read(loc) gives the record
+	                * payload, whose last body_len bytes are the body */
 	size_t body_len;
-	struct journal_loc loc;		/* of the JOURNAL_REC_MESSAGE record */
-	size_t memory;			/* bytes charged to the queue's memory limit */
+	struct journal_loc loc; /* of the JOURNAL_REC_MESSAGE record */
+	size_t memory;          /* bytes charged to the queue's memory limit */
 };
 
 struct queue;
@@ -101,7 +101,7 @@ bool queue_has_room(const struct queue *q, size_t body_len);
  * NULL strings in env are recorded as "".
  */
 int queue_record_encode(uint64_t id, const struct queue_envelope *env, const uint8_t *body,
-			size_t body_len, uint8_t *scratch, size_t scratch_len, struct iovec iov[2]);
+                        size_t body_len, uint8_t *scratch, size_t scratch_len, struct iovec iov[2]);
 
 /* Bytes of scratch queue_record_encode needs for env (0: env breaks a limit). */
 size_t queue_record_header_len(const struct queue_envelope *env);
@@ -112,16 +112,17 @@ size_t queue_record_header_len(const struct queue_envelope *env);
  * DELETED: u64 id. DELIVERED: u64 id, u32 count, count x u32 recipient index.
  */
 int queue_record_encode_deleted(uint64_t id, uint8_t *scratch, size_t scratch_len,
-				struct iovec *iov);
+                                struct iovec *iov);
 int queue_record_encode_delivered(uint64_t id, const unsigned *rcpt_index, unsigned count,
-				  uint8_t *scratch, size_t scratch_len, struct iovec *iov);
+                                  uint8_t *scratch, size_t scratch_len, struct iovec *iov);
 
 /*
  * Adds an accepted message (copies envelope and body). Returns the message, or
  * NULL when the memory limit or QUEUE_MESSAGES_MAX is reached.
  */
 struct queue_message *queue_add(struct queue *q, uint64_t id, const struct queue_envelope *env,
-				const uint8_t *body, size_t body_len, const struct journal_loc *loc);
+                                const uint8_t *body, size_t body_len,
+                                const struct journal_loc *loc);
 
 /*
  * Applies one replayed journal record (a journal_replay_fn); 0, -EINVAL for a record that
@@ -131,7 +132,7 @@ struct queue_message *queue_add(struct queue *q, uint64_t id, const struct queue
  * DEFERRED, BOUNCED and HOLD are accepted and ignored until their payloads are defined.
  */
 int queue_replay(struct queue *q, enum journal_rec_type type, const void *payload, size_t len,
-		 const struct journal_loc *loc);
+                 const struct journal_loc *loc);
 
 struct queue_message *queue_find(struct queue *q, uint64_t id);
 void queue_remove(struct queue *q, struct queue_message *m);
