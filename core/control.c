@@ -13,7 +13,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/config.h"
 #include "core/log.h"
+#include "core/policy.h"
 #include "core/worker.h"
 #include "queue/queue.h"
 
@@ -140,12 +142,13 @@ control_request_answered(struct control_request *r)
 	pthread_mutex_unlock(&r->lock);
 }
 
-/* Sends r to every worker and waits until all have answered. */
-static void
+void
 control_fan_out(struct control_request *r, struct worker **workers, unsigned n)
 {
 	struct timespec ts;
 
+	pthread_mutex_init(&r->lock, NULL);
+	pthread_cond_init(&r->done, NULL);
 	clock_gettime(CLOCK_REALTIME, &ts);
 	r->now_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 	r->pending = n;
@@ -155,6 +158,8 @@ control_fan_out(struct control_request *r, struct worker **workers, unsigned n)
 	while (r->pending > 0)
 		pthread_cond_wait(&r->done, &r->lock);
 	pthread_mutex_unlock(&r->lock);
+	pthread_cond_destroy(&r->done);
+	pthread_mutex_destroy(&r->lock);
 }
 
 static void
@@ -203,8 +208,6 @@ control_run(char *line, struct strbuf *reply, struct worker **workers, unsigned 
 	char *arg = strtok_r(NULL, " \t\r\n", &save);
 	struct control_request r = {.json = arg != NULL && strcmp(arg, "--json") == 0};
 
-	pthread_mutex_init(&r.lock, NULL);
-	pthread_cond_init(&r.done, NULL);
 	strbuf_init(&r.out, CONTROL_REPLY_MAX);
 	if (cmd == NULL) {
 		strbuf_puts(reply, "error empty command\n");
@@ -238,8 +241,6 @@ control_run(char *line, struct strbuf *reply, struct worker **workers, unsigned 
 		strbuf_puts(reply, "error reply too large\n");
 	}
 	strbuf_free(&r.out);
-	pthread_cond_destroy(&r.done);
-	pthread_mutex_destroy(&r.lock);
 }
 
 static void
@@ -313,10 +314,31 @@ control_listen(const char *path)
 	return fd;
 }
 
-int
-control_serve(const char *socket_path, int signal_fd, struct worker **workers,
-	      unsigned worker_count)
+/* SIGHUP: the maps are read again; a map that no longer parses keeps the old policy. */
+static void
+control_reload(const struct config *cfg, struct worker **workers, unsigned n,
+	       struct policy **policy)
 {
+	char err[512];
+	struct policy *p = policy_new(cfg, err, sizeof(err));
+
+	if (p == NULL) {
+		log_msg(CONFIG_LOG_ERROR, "reload failed, keeping the current maps: %s", err);
+		return;
+	}
+	struct control_request r = {.cmd = CONTROL_RELOAD, .policy = p};
+	strbuf_init(&r.out, 0);
+	control_fan_out(&r, workers, n);
+	policy_free(*policy);
+	*policy = p;
+	log_msg(CONFIG_LOG_INFO, "reloaded: recipient map and policy");
+}
+
+int
+control_serve(const struct config *cfg, int signal_fd, struct worker **workers,
+	      unsigned worker_count, struct policy **policy)
+{
+	const char *socket_path = cfg->control_socket;
 	int lfd = control_listen(socket_path);
 
 	if (lfd < 0)
@@ -334,7 +356,7 @@ control_serve(const char *socket_path, int signal_fd, struct worker **workers,
 			if (read(signal_fd, &si, sizeof(si)) == sizeof(si)) {
 				if (si.ssi_signo != SIGHUP)
 					break;
-				log_msg(CONFIG_LOG_INFO, "SIGHUP: nothing to reload yet");
+				control_reload(cfg, workers, worker_count, policy);
 			}
 		}
 		if (pfd[1].revents & POLLIN) {

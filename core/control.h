@@ -22,6 +22,7 @@ enum control_cmd {
 	CONTROL_QUEUE,		/* one line (or JSON object) per queued message */
 	CONTROL_SHOW,		/* the stored message `arg` (envelope and bytes) */
 	CONTROL_STATS,		/* counters: fills `stats` */
+	CONTROL_RELOAD,		/* use `policy` from now on (SIGHUP) */
 	CONTROL_STOP,		/* graceful stop: stop accepting, finish, exit the loop */
 };
 
@@ -40,6 +41,7 @@ struct control_request {
 	bool json;
 	char arg[128];
 	uint64_t now_ms;		/* wall clock when asked, for ages */
+	const struct policy *policy;	/* CONTROL_RELOAD */
 
 	pthread_mutex_t lock;
 	pthread_cond_t done;
@@ -50,14 +52,21 @@ struct control_request {
 	struct control_stats stats;	/* summed over workers */
 };
 
+struct config;
+struct policy;
 struct worker;
 
 /*
- * Serves the control socket until a stop signal (SIGTERM, SIGINT) arrives on
- * signal_fd; SIGHUP is logged. Returns 0, or -errno if the socket cannot be set up.
+ * Serves cfg->control_socket until a stop signal (SIGTERM, SIGINT) arrives on
+ * signal_fd. SIGHUP rebuilds the policy (maps are read again) and hands it to
+ * every worker; *policy is then the new one (the old one is freed once no worker
+ * uses it). Returns 0, or -errno if the socket cannot be set up.
  */
-int control_serve(const char *socket_path, int signal_fd, struct worker **workers,
-		  unsigned worker_count);
+int control_serve(const struct config *cfg, int signal_fd, struct worker **workers,
+		  unsigned worker_count, struct policy **policy);
+
+/* Sends r to every worker and waits until all have answered. */
+void control_fan_out(struct control_request *r, struct worker **workers, unsigned n);
 
 struct queue_message;
 

@@ -63,13 +63,19 @@ listen_socket(const struct config_listen *ls, char *err, size_t err_len)
 	return fd;
 }
 
+/* The spool is created by root at start; the journal shards are made by `user` after the drop. */
 static int
-drop_privileges(const char *user, char *err, size_t err_len)
+drop_privileges(const char *user, const char *spool_dir, char *err, size_t err_len)
 {
 	struct passwd *pw = getpwnam(user);
 
 	if (pw == NULL) {
 		snprintf(err, err_len, "user %s: no such user", user);
+		return -1;
+	}
+	if (chown(spool_dir, pw->pw_uid, pw->pw_gid) != 0) {
+		snprintf(err, err_len, "spool_dir %s: chown to %s: %s", spool_dir, user,
+			 strerror(errno));
 		return -1;
 	}
 	if (setgroups(0, NULL) != 0 || setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0) {
@@ -111,20 +117,11 @@ server_stop(struct server *s)
 {
 	struct control_request r = {.cmd = CONTROL_STOP};
 
-	pthread_mutex_init(&r.lock, NULL);
-	pthread_cond_init(&r.done, NULL);
-	r.pending = s->started;
-	for (unsigned i = 0; i < s->started; i++)
-		worker_post(s->workers[i], &r);
-	pthread_mutex_lock(&r.lock);
-	while (r.pending > 0)
-		pthread_cond_wait(&r.done, &r.lock);
-	pthread_mutex_unlock(&r.lock);
+	strbuf_init(&r.out, 0);
+	control_fan_out(&r, s->workers, s->started);
 	for (unsigned i = 0; i < s->started; i++)
 		worker_join(s->workers[i]);
 	s->started = 0;
-	pthread_cond_destroy(&r.done);
-	pthread_mutex_destroy(&r.lock);
 }
 
 /* Workers replay their journals (in order, here) and then start their loops. */
@@ -179,7 +176,7 @@ run(const struct config *cfg)
 	}
 	if (server_bind(&s, err, sizeof(err)) != 0)
 		goto fail;
-	if (cfg->user[0] && drop_privileges(cfg->user, err, sizeof(err)) != 0)
+	if (cfg->user[0] && drop_privileges(cfg->user, cfg->spool_dir, err, sizeof(err)) != 0)
 		goto fail;
 	/* every thread inherits the mask; the signals are read from a signalfd only */
 	sigemptyset(&sigs);
@@ -200,7 +197,7 @@ run(const struct config *cfg)
 		goto fail;
 	log_msg(CONFIG_LOG_INFO, "ringmx %s started: %u workers, %u listeners, config %s",
 		RINGMX_VERSION, cfg->workers, cfg->listen_count, cfg->source);
-	int r = control_serve(cfg->control_socket, sfd, s.workers, s.started);
+	int r = control_serve(cfg, sfd, s.workers, s.started, &s.policy);
 	if (r != 0) {
 		snprintf(err, sizeof(err), "control socket %s: %s", cfg->control_socket, strerror(-r));
 		goto fail;

@@ -1019,6 +1019,9 @@ worker_handle_request(struct worker *w, struct control_request *r)
 	case CONTROL_STATS:
 		worker_stats_add(w, &r->stats);
 		break;
+	case CONTROL_RELOAD:
+		w->policy = r->policy;
+		break;
 	case CONTROL_STOP:
 		break;
 	}
