@@ -74,7 +74,7 @@ drop_privileges(const char *user, const char *spool_dir, char *err, size_t err_l
 		return -1;
 	}
 	if (chown(spool_dir, pw->pw_uid, pw->pw_gid) != 0) {
-		snprintf(err, err_len, "spool_dir %s: chown to %s: %s", spool_dir, user,
+		snprintf(err, err_len, "spool_dir %.200s: chown to %s: %s", spool_dir, user,
 			 strerror(errno));
 		return -1;
 	}
