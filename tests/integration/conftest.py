@@ -31,6 +31,17 @@ def free_port(host="127.0.0.1"):
         return s.getsockname()[1]
 
 
+def port_free(port, host="127.0.0.1"):
+    """True when nothing listens on port (TIME_WAIT connections do not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
 def wait_port(host, port, timeout=10.0, proc=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -158,10 +169,18 @@ class Ringmx:
                                      stdout=self.log, stderr=self.log)
         wait_port("127.0.0.1", self.port, timeout, self.proc)
         deadline = time.monotonic() + timeout
-        while not os.path.exists(self.sock):
+        while not self.control_ready():  # a socket file left by a kill -9 is not enough
             assert time.monotonic() < deadline, "control socket never appeared"
             time.sleep(0.05)
         return self
+
+    def control_ready(self):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            try:
+                s.connect(self.sock)
+                return True
+            except OSError:
+                return False
 
     def stop(self, sig=signal.SIGTERM, timeout=20.0):
         if self.proc is None:
@@ -179,7 +198,11 @@ class Ringmx:
         return rc
 
     def kill9(self):
-        return self.stop(signal.SIGKILL)
+        rc = self.stop(signal.SIGKILL)
+        # The kernel tears a dead process's io_uring down asynchronously: its listening
+        # sockets live on for some ms, and a new SO_REUSEPORT listener would share them.
+        wait_until(lambda: port_free(self.port), 5.0, f"port {self.port} released")
+        return rc
 
     def ctl(self, *args, check=True):
         r = subprocess.run([binary("ringmxctl"), "-c", self.cfg_path, *args],
