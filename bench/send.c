@@ -295,7 +295,8 @@ txn_reply(struct send_thread *t, struct send_conn *c, int code, const char *line
 				STAT_ADD(t, rcpt_permfail, 1);
 			if (!c->fail_code) {
 				c->fail_code = code;
-				snprintf(c->fail_text, sizeof(c->fail_text), "%.*s", SEND_FAIL_TEXT_MAX - 1, line);
+				snprintf(c->fail_text, sizeof(c->fail_text), "%.*s",
+				         SEND_FAIL_TEXT_MAX - 1, line);
 			}
 		}
 		if (!c->pipelining)

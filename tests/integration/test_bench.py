@@ -88,17 +88,28 @@ def test_send_to_closed_port_fails_cleanly():
     assert time.monotonic() - t0 < 10
 
 
-def test_send_against_postfix_smtp_sink(procs):
+@pytest.mark.parametrize("flags", [[], ["-p"], ["-e"]], ids=["pipelining", "no-pipelining",
+                                                              "helo-only"])
+def test_send_against_postfix_smtp_sink(procs, flags):
     if not os.access(SMTP_SINK, os.X_OK):
         pytest.skip("Postfix smtp-sink not installed")
     port = free_port()
     user = ["-u", "nobody"] if os.geteuid() == 0 else []
-    procs.start([SMTP_SINK, *user, "-c", f"127.0.0.1:{port}", "128"])
+    procs.start([SMTP_SINK, *user, *flags, "-c", f"127.0.0.1:{port}", "128"])
     assert wait_listen(port)
     rc, rep, err = run_send(port, "--messages", "300", "--connections", "10", "--rcpts", "3",
                             timeout=30)
     assert rc == 0, err
     assert rep["ok"] == 300 and rep["conn_errors"] == 0
+
+
+def test_rate_paces_the_load(procs):
+    port, sink = start_sink(procs, "--threads", "1")
+    rc, rep, err = run_send(port, "--messages", "100", "--connections", "5", "--rate", "200",
+                            timeout=20)
+    assert rc == 0 and rep["ok"] == 100, err
+    assert 0.45 <= rep["elapsed_s"] <= 1.5  # 100 messages at 200/s: about 0.5 s
+    assert rep["msgs_per_s"] <= 220
 
 
 def smtp_dialogue(port, data, read_until_close=True):

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# compare.sh -- ringmx-bench vs Postfix's smtp-source/smtp-sink, Postfix relay and ringmx, in
+# one run on this machine (issue 3). Prints a table and writes it to bench/results/.
+#
+# Env (all optional): N=20000 messages, SIZE=1024 body bytes (smtp-source -l; ringmx-bench
+# gets --size SIZE+150 so its whole message is no smaller), SESSIONS=50 connections,
+# RINGMX_BUILD=build (where ringmx-bench and ringmx are), SKIP_POSTFIX_RELAY=1, TIMEOUT=600.
+# Needs root for the Postfix relay part (postfix-relay.sh starts a private Postfix).
+set -euo pipefail
+
+N=${N:-20000}; SIZE=${SIZE:-1024}; SESSIONS=${SESSIONS:-50}; TIMEOUT=${TIMEOUT:-600}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=$ROOT/${RINGMX_BUILD:-build}
+PEER=${PEER_BENCH:-/work/shared/peer-bench}
+SMTP_SINK=/usr/sbin/smtp-sink SMTP_SOURCE=/usr/sbin/smtp-source
+BENCH=$BUILD/ringmx-bench
+[[ -x $BENCH ]] || BENCH=$BUILD/bench/ringmx-bench
+[[ -x $BENCH ]] || { echo "compare.sh: ringmx-bench not built in $BUILD (ninja -C $BUILD)" >&2; exit 1; }
+for b in "$SMTP_SINK" "$SMTP_SOURCE"; do [[ -x $b ]] || { echo "compare.sh: $b missing (apt install postfix)" >&2; exit 1; }; done
+
+WORK=$(mktemp -d /tmp/ringmx-compare.XXXXXX)
+PIDS=()
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { echo "compare.sh: $*" >&2; }
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_listen() { local i; for ((i = 0; i < 200; i++)); do [[ -n $(ss -Hltn "( sport = :$1 )") ]] && return 0; sleep 0.05; done; return 1; }
+rate() { awk -v n="$1" -v a="$2" -v b="$3" 'BEGIN{printf "%.0f", n/(b-a)}'; }
+cpu() { awk '{s+=$1+$2} END{printf "%.2f", s}' "$@"; }   # files of "%U %S"
+timed() { local out=$1; shift; /usr/bin/time -f "%U %S" -o "$out" "$@"; }
+
+ROWS=()
+row() { ROWS+=("$(printf '%-46s %10s %8s' "$1" "$2" "$3")"); }
+
+# (1a) ceiling, ours: ringmx-bench send -> ringmx-bench sink
+ceiling_ringmx() {
+    local port; port=$(free_port)
+    timed "$WORK/rs.cpu" "$BENCH" sink --listen "127.0.0.1:$port" --expect "$N" >"$WORK/rs.out" &
+    PIDS+=($!); local sp=$!
+    wait_listen "$port" || { log "ringmx-bench sink did not listen"; return 1; }
+    local t0=$EPOCHREALTIME
+    timed "$WORK/rb.cpu" timeout "$TIMEOUT" "$BENCH" send --server "127.0.0.1:$port" \
+        --connections "$SESSIONS" --messages "$N" --size $((SIZE + 150)) >"$WORK/rb.out"
+    local t1=$EPOCHREALTIME
+    wait "$sp"
+    R_RB=$(rate "$N" "$t0" "$t1"); C_RB=$(cpu "$WORK/rs.cpu" "$WORK/rb.cpu")
+    row "ringmx-bench send -> ringmx-bench sink" "$R_RB" "$C_RB"
+}
+
+# (1b) ceiling, Postfix's tools; PERSIST=1 adds smtp-source -d (reuse connections)
+ceiling_postfix() {
+    local persist=$1 port; port=$(free_port)
+    local d=(); [[ $persist == 1 ]] && d=(-d)
+    # no -M: smtp-sink would exit before its last 250 and smtp-source would fail
+    timed "$WORK/ps.cpu" "$SMTP_SINK" -u nobody -c "127.0.0.1:$port" 1024 >/dev/null 2>&1 &
+    PIDS+=($!); local sp=$!
+    wait_listen "$port" || { log "smtp-sink did not listen"; return 1; }
+    local t0=$EPOCHREALTIME
+    timed "$WORK/pb.cpu" timeout "$TIMEOUT" "$SMTP_SOURCE" -s "$SESSIONS" -l "$SIZE" -m "$N" "${d[@]}" \
+        -M client.example.test -f sender@example.test -t rcpt@example.test "127.0.0.1:$port"
+    local t1=$EPOCHREALTIME
+    kill "$sp"; wait "$sp" || true
+    local r c; r=$(rate "$N" "$t0" "$t1"); c=$(cpu "$WORK/ps.cpu" "$WORK/pb.cpu")
+    row "smtp-source${d:+ -d} -> smtp-sink" "$r" "$c"
+    if [[ -z ${R_PF:-} ]] || (( r > R_PF )); then R_PF=$r; C_PF=$c; fi
+}
+
+# (2) Postfix relay, by the peer script (needs root)
+postfix_relay() {
+    if [[ ${SKIP_POSTFIX_RELAY:-0} == 1 || $(id -u) != 0 ]]; then
+        row "postfix relay (skipped: needs root)" "-" "-"; return 0; fi
+    if ! N=$N SIZE=$SIZE SESSIONS=$SESSIONS MTA_PORT=$(free_port) SINK_PORT=$(free_port) \
+        TIMEOUT=$TIMEOUT "$PEER/postfix-relay.sh" >"$WORK/pf.out" 2>"$WORK/pf.err"; then
+        tail -5 "$WORK/pf.err" >&2; row "postfix relay (failed, see above)" "-" "-"; return 0; fi
+    R_PA=$(sed -n 's/^postfix-accept msgs_per_s=\([0-9.]*\).*/\1/p' "$WORK/pf.out")
+    R_PR=$(sed -n 's/^postfix-relay msgs_per_s=\([0-9.]*\).*/\1/p' "$WORK/pf.out")
+    row "smtp-source -> postfix (accept)" "$R_PA" "-"
+    row "smtp-source -> postfix -> smtp-sink (relay)" "$R_PR" "-"
+}
+
+# (3) ringmx: accept rate with the same load (relay end to end once outbound lands)
+ringmx_accept() {
+    local rmx=$BUILD/ringmx port; port=$(free_port)
+    if [[ ! -x $rmx ]]; then row "ringmx (skipped: $rmx not built)" "-" "-"; return 0; fi
+    mkdir -p "$WORK/rmx/spool"
+    cat >"$WORK/rmx/ringmx.yaml" <<YAML
+hostname: bench.test
+workers: 0
+spool_dir: $WORK/rmx/spool
+control_socket: $WORK/rmx/ctl.sock
+listen: [ { address: "127.0.0.1:$port", role: mx, tls: none, auth: "off" } ]
+relay_domains: [ example.test ]
+mynetworks: [ 127.0.0.0/8 ]
+queue: { sync: always }
+YAML
+    "$rmx" -c "$WORK/rmx/ringmx.yaml" >"$WORK/rmx/log" 2>&1 &
+    PIDS+=($!); local rp=$!
+    if ! wait_listen "$port" || ! kill -0 "$rp" 2>/dev/null; then
+        tail -3 "$WORK/rmx/log" >&2; row "ringmx (skipped: failed to start, log above)" "-" "-"; return 0; fi
+    local t0=$EPOCHREALTIME t1
+    if timeout "$TIMEOUT" "$BENCH" send --server "127.0.0.1:$port" --connections "$SESSIONS" \
+        --messages "$N" --size $((SIZE + 150)) --to-domain example.test >"$WORK/rmx/send.out" 2>&1; then
+        t1=$EPOCHREALTIME; R_RA=$(rate "$N" "$t0" "$t1")
+        row "ringmx-bench send -> ringmx (accept)" "$R_RA" "-"
+    else
+        tail -4 "$WORK/rmx/send.out" >&2; row "ringmx-bench send -> ringmx (failed, see above)" "-" "-"
+    fi
+    t0=$EPOCHREALTIME
+    if timeout "$TIMEOUT" "$SMTP_SOURCE" -s "$SESSIONS" -l "$SIZE" -m "$N" -M client.example.test \
+        -f sender@example.test -t rcpt@example.test "127.0.0.1:$port" >/dev/null 2>&1; then
+        t1=$EPOCHREALTIME; R_RS=$(rate "$N" "$t0" "$t1")
+        row "smtp-source -> ringmx (accept)" "$R_RS" "-"
+    fi
+    kill "$rp" 2>/dev/null; wait "$rp" 2>/dev/null || true
+}
+
+log "N=$N SIZE=$SIZE SESSIONS=$SESSIONS bench=$BENCH"
+ceiling_ringmx
+ceiling_postfix 0
+ceiling_postfix 1
+postfix_relay
+ringmx_accept
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a == "" || b == "" || b == 0) print "-"; else printf "%.2f", a/b }'; }
+COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+STAMP=$(date -u +%Y-%m-%dT%H%MZ)
+{
+    echo "ringmx compare  date=$STAMP  commit=$COMMIT  nproc=$(nproc)  kernel=$(uname -r)"
+    echo "N=$N SIZE=$SIZE (ringmx-bench --size $((SIZE + 150))) SESSIONS=$SESSIONS"
+    printf '%-46s %10s %8s\n' "path" "msgs/s" "cpu_s"
+    printf '%s\n' "${ROWS[@]}"
+    echo "ratio ringmx-bench/smtp-source (best mode), rate: $(ratio "$R_RB" "$R_PF")  cpu: $(ratio "$C_RB" "$C_PF")"
+    echo "ratio ringmx accept / postfix accept: $(ratio "${R_RA:-}" "${R_PA:-}") (ringmx-bench load), $(ratio "${R_RS:-}" "${R_PA:-}") (smtp-source load)"
+} | tee "$WORK/table"
+mkdir -p "$ROOT/bench/results"
+cp "$WORK/table" "$ROOT/bench/results/$STAMP-$COMMIT.txt"
+log "written to bench/results/$STAMP-$COMMIT.txt"
