@@ -566,8 +566,12 @@ worker_journal_submit(struct worker *w)
 {
 	if (w->jw_busy || !journal_batch_ready(w->journal))
 		return;
-	if (journal_batch_begin(w->journal, &w->jw) != 0)
+	int r = journal_batch_begin(w->journal, &w->jw);
+	if (r != 0) {
+		/* no segment to write to: the pending records are gone, so are their 250s */
+		worker_journal_failed(w, r == -JOURNAL_ENOSPC ? r : -JOURNAL_EIO, r);
 		return;
+	}
 	struct io_uring_sqe *sqe = worker_sqe(w);
 	io_uring_prep_write(sqe, w->jw.fd, w->jw.buf, (unsigned)w->jw.len, w->jw.offset);
 	io_uring_sqe_set_data64(sqe, ud_pack(OP_JOURNAL_WRITE, 0, 0));
@@ -601,25 +605,19 @@ worker_message_acked(struct worker *w, struct conn *c)
 	smtp_server_message_done(c->smtp, SMTP_STORE_OK, m->id_text);
 }
 
-/* The batch is durable (or failed): answer every session whose message was in it. */
+/*
+ * Answers the sessions waiting on the journal: those whose batch is durable get
+ * their 250. After a failure (r != 0) every waiter is refused, also those queued
+ * behind the failed batch: the journal dropped their records with it.
+ */
 static void
-worker_journal_done(struct worker *w, int res)
+worker_answer_waiters(struct worker *w, uint64_t durable, int r)
 {
-	uint64_t batch = w->jw.batch;
-	int r = journal_batch_end(w->journal, res);
 	unsigned keep = 0;
 
-	w->jw_busy = false;
-	if (w->jw.sync)
-		w->stats.journal_syncs++;
-	if (r != 0) {
-		w->stats.journal_errors++;
-		log_msg(CONFIG_LOG_ERROR, "journal write failed: %s; refusing the batch's messages",
-			strerror(res < 0 ? -res : EIO));
-	}
 	for (unsigned i = 0; i < w->waiter_count; i++) {
 		struct conn *c = &w->conns[w->waiters[i]];
-		if (c->wait_batch > batch) {
+		if (r == 0 && c->wait_batch > durable) {
 			w->waiters[keep++] = w->waiters[i];
 			continue;
 		}
@@ -642,6 +640,29 @@ worker_journal_done(struct worker *w, int res)
 		conn_resume(w, c);
 	}
 	w->waiter_count = keep;
+}
+
+static void
+worker_journal_failed(struct worker *w, int r, int res)
+{
+	w->stats.journal_errors++;
+	log_msg(CONFIG_LOG_ERROR, "journal: %s; refusing the messages waiting for it",
+		strerror(res < 0 ? -res : EIO));
+	worker_answer_waiters(w, 0, r);
+}
+
+static void
+worker_journal_done(struct worker *w, int res)
+{
+	int r = journal_batch_end(w->journal, res);
+
+	w->jw_busy = false;
+	if (w->jw.sync)
+		w->stats.journal_syncs++;
+	if (r != 0)
+		worker_journal_failed(w, r, res);
+	else
+		worker_answer_waiters(w, w->jw.batch, 0);
 }
 
 static void
@@ -993,10 +1014,12 @@ worker_show(struct worker *w, struct control_request *r)
 		strbuf_append(&r->out, (const char *)m->body, m->body_len);
 		return;
 	}
-	uint8_t *body = malloc(m->loc.length);
-	if (body != NULL && journal_read(w->journal, &m->loc, body, m->loc.length) == 0)
-		strbuf_append(&r->out, (const char *)body, m->loc.length);
-	free(body);
+	/* the record is the envelope encoding followed by the body */
+	uint8_t *rec = malloc(m->loc.length);
+	if (rec != NULL && m->loc.length >= m->body_len &&
+	    journal_read(w->journal, &m->loc, rec, m->loc.length) == 0)
+		strbuf_append(&r->out, (const char *)rec + m->loc.length - m->body_len, m->body_len);
+	free(rec);
 }
 
 static void
