@@ -562,31 +562,6 @@ conn_event(struct worker *w, struct conn *c, const struct smtp_event *ev)
 /* ---- journal group commit ---------------------------------------------------------- */
 
 static void
-worker_journal_submit(struct worker *w)
-{
-	if (w->jw_busy || !journal_batch_ready(w->journal))
-		return;
-	int r = journal_batch_begin(w->journal, &w->jw);
-	if (r != 0) {
-		/* no segment to write to: the pending records are gone, so are their 250s */
-		worker_journal_failed(w, r == -JOURNAL_ENOSPC ? r : -JOURNAL_EIO, r);
-		return;
-	}
-	struct io_uring_sqe *sqe = worker_sqe(w);
-	io_uring_prep_write(sqe, w->jw.fd, w->jw.buf, (unsigned)w->jw.len, w->jw.offset);
-	io_uring_sqe_set_data64(sqe, ud_pack(OP_JOURNAL_WRITE, 0, 0));
-	if (w->jw.sync) {
-		sqe->flags |= IOSQE_IO_LINK;
-		sqe = worker_sqe(w);
-		io_uring_prep_fsync(sqe, w->jw.fd, IORING_FSYNC_DATASYNC);
-		io_uring_sqe_set_data64(sqe, ud_pack(OP_JOURNAL_SYNC, 0, 0));
-	}
-	w->jw_busy = true;
-	w->jw_error = 0;
-	w->stats.journal_batches++;
-}
-
-static void
 worker_message_acked(struct worker *w, struct conn *c)
 {
 	struct queue_message *m = c->wait_msg;
@@ -663,6 +638,31 @@ worker_journal_done(struct worker *w, int res)
 		worker_journal_failed(w, r, res);
 	else
 		worker_answer_waiters(w, w->jw.batch, 0);
+}
+
+static void
+worker_journal_submit(struct worker *w)
+{
+	if (w->jw_busy || !journal_batch_ready(w->journal))
+		return;
+	int r = journal_batch_begin(w->journal, &w->jw);
+	if (r != 0) {
+		/* no segment to write to: the pending records are gone, so are their 250s */
+		worker_journal_failed(w, r == -JOURNAL_ENOSPC ? r : -JOURNAL_EIO, r);
+		return;
+	}
+	struct io_uring_sqe *sqe = worker_sqe(w);
+	io_uring_prep_write(sqe, w->jw.fd, w->jw.buf, (unsigned)w->jw.len, w->jw.offset);
+	io_uring_sqe_set_data64(sqe, ud_pack(OP_JOURNAL_WRITE, 0, 0));
+	if (w->jw.sync) {
+		sqe->flags |= IOSQE_IO_LINK;
+		sqe = worker_sqe(w);
+		io_uring_prep_fsync(sqe, w->jw.fd, IORING_FSYNC_DATASYNC);
+		io_uring_sqe_set_data64(sqe, ud_pack(OP_JOURNAL_SYNC, 0, 0));
+	}
+	w->jw_busy = true;
+	w->jw_error = 0;
+	w->stats.journal_batches++;
 }
 
 static void
