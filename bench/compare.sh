@@ -20,9 +20,11 @@ for b in "$SMTP_SINK" "$SMTP_SOURCE"; do [[ -x $b ]] || { echo "compare.sh: $b m
 
 WORK=$(mktemp -d /tmp/ringmx-compare.XXXXXX)
 PIDS=()
+# /usr/bin/time does not pass signals on: stop the child it runs, then the process itself.
+stop_pid() { local kids; kids=$(ps -o pid= --ppid "$1" 2>/dev/null || true); kill $kids "$1" 2>/dev/null || true; }
 cleanup() {
     local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do stop_pid "$p"; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     rm -rf "$WORK"
 }
@@ -42,7 +44,7 @@ row() { ROWS+=("$(printf '%-46s %10s %8s' "$1" "$2" "$3")"); }
 # (1a) ceiling, ours: ringmx-bench send -> ringmx-bench sink
 ceiling_ringmx() {
     local port; port=$(free_port)
-    timed "$WORK/rs.cpu" "$BENCH" sink --listen "127.0.0.1:$port" --expect "$N" >"$WORK/rs.out" &
+    /usr/bin/time -f "%U %S" -o "$WORK/rs.cpu" "$BENCH" sink --listen "127.0.0.1:$port" --expect "$N" >"$WORK/rs.out" &
     PIDS+=($!); local sp=$!
     wait_listen "$port" || { log "ringmx-bench sink did not listen"; return 1; }
     local t0=$EPOCHREALTIME
@@ -59,14 +61,14 @@ ceiling_postfix() {
     local persist=$1 port; port=$(free_port)
     local d=(); [[ $persist == 1 ]] && d=(-d)
     # no -M: smtp-sink would exit before its last 250 and smtp-source would fail
-    timed "$WORK/ps.cpu" "$SMTP_SINK" -u nobody -c "127.0.0.1:$port" 1024 >/dev/null 2>&1 &
+    /usr/bin/time -f "%U %S" -o "$WORK/ps.cpu" "$SMTP_SINK" -u nobody -c "127.0.0.1:$port" 1024 >/dev/null 2>&1 &
     PIDS+=($!); local sp=$!
     wait_listen "$port" || { log "smtp-sink did not listen"; return 1; }
     local t0=$EPOCHREALTIME
     timed "$WORK/pb.cpu" timeout "$TIMEOUT" "$SMTP_SOURCE" -s "$SESSIONS" -l "$SIZE" -m "$N" "${d[@]}" \
         -M client.example.test -f sender@example.test -t rcpt@example.test "127.0.0.1:$port"
     local t1=$EPOCHREALTIME
-    kill "$sp"; wait "$sp" || true
+    kill $(ps -o pid= --ppid "$sp") 2>/dev/null || true; wait "$sp" || true
     local r c; r=$(rate "$N" "$t0" "$t1"); c=$(cpu "$WORK/ps.cpu" "$WORK/pb.cpu")
     row "smtp-source${d:+ -d} -> smtp-sink" "$r" "$c"
     if [[ -z ${R_PF:-} ]] || (( r > R_PF )); then R_PF=$r; C_PF=$c; fi
@@ -75,7 +77,7 @@ ceiling_postfix() {
 # (2) Postfix relay, by the peer script (needs root)
 postfix_relay() {
     if [[ ${SKIP_POSTFIX_RELAY:-0} == 1 || $(id -u) != 0 ]]; then
-        row "postfix relay (skipped: needs root)" "-" "-"; return 0; fi
+        row "postfix relay (skipped: SKIP_POSTFIX_RELAY or not root)" "-" "-"; return 0; fi
     if ! N=$N SIZE=$SIZE SESSIONS=$SESSIONS MTA_PORT=$(free_port) SINK_PORT=$(free_port) \
         TIMEOUT=$TIMEOUT "$PEER/postfix-relay.sh" >"$WORK/pf.out" 2>"$WORK/pf.err"; then
         tail -5 "$WORK/pf.err" >&2; row "postfix relay (failed, see above)" "-" "-"; return 0; fi
