@@ -988,7 +988,6 @@ smtp_server_tls_done(struct smtp_server *s)
 	assert(s->state == SMTP_SERVER_TLS_WAIT);
 	/* RFC 3207 §4.2: forget everything learnt before the handshake. */
 	s->params.tls_active = true;
-	s->params.starttls_offer = false;
 	s->helo[0] = '\0';
 	s->esmtp = false;
 	smtp_server_reset_transaction(s);

@@ -18,60 +18,60 @@
 
 #include "core/address.h"
 
-#define SMTP_LINE_MAX	      512	/* RFC 5321 §4.5.3.1.4, with CRLF */
-#define SMTP_LINE_EXT_MAX     1000	/* allowed once an extension makes lines longer */
-#define SMTP_OUTPUT_MAX	      (64 * 1024)	/* queued reply bytes before we stop reading */
-#define SMTP_HELO_MAX	      255
-#define SMTP_RECEIVED_MAX     1024	/* the Received: header we prepend */
+#define SMTP_LINE_MAX     512         /* RFC 5321 §4.5.3.1.4, with CRLF */
+#define SMTP_LINE_EXT_MAX 1000        /* allowed once an extension makes lines longer */
+#define SMTP_OUTPUT_MAX   (64 * 1024) /* queued reply bytes before we stop reading */
+#define SMTP_HELO_MAX     255
+#define SMTP_RECEIVED_MAX 1024 /* the Received: header we prepend */
 
 enum smtp_server_state {
-	SMTP_SERVER_GREETING,	/* waiting for EHLO/HELO */
-	SMTP_SERVER_READY,	/* EHLO done, no transaction */
-	SMTP_SERVER_MAIL,	/* MAIL accepted, waiting for RCPT */
-	SMTP_SERVER_RCPT,	/* at least one RCPT accepted */
-	SMTP_SERVER_DATA,	/* reading the message body */
-	SMTP_SERVER_DATA_WAIT,	/* body complete, waiting for smtp_server_message_done() */
-	SMTP_SERVER_RCPT_WAIT,	/* waiting for smtp_server_rcpt_done() */
-	SMTP_SERVER_TLS_WAIT,	/* input discarded until the handshake ends */
-	SMTP_SERVER_CLOSING,	/* QUIT or 421 sent: no more input is read */
+	SMTP_SERVER_GREETING,  /* waiting for EHLO/HELO */
+	SMTP_SERVER_READY,     /* EHLO done, no transaction */
+	SMTP_SERVER_MAIL,      /* MAIL accepted, waiting for RCPT */
+	SMTP_SERVER_RCPT,      /* at least one RCPT accepted */
+	SMTP_SERVER_DATA,      /* reading the message body */
+	SMTP_SERVER_DATA_WAIT, /* body complete, waiting for smtp_server_message_done() */
+	SMTP_SERVER_RCPT_WAIT, /* waiting for smtp_server_rcpt_done() */
+	SMTP_SERVER_TLS_WAIT,  /* input discarded until the handshake ends */
+	SMTP_SERVER_CLOSING,   /* QUIT or 421 sent: no more input is read */
 };
 
 enum smtp_event_type {
-	SMTP_EV_NONE,		/* nothing to decide; all input consumed unless output is full */
-	SMTP_EV_RCPT,		/* ev.rcpt needs a verdict: call smtp_server_rcpt_done() */
-	SMTP_EV_MESSAGE,	/* a complete message: store it, then smtp_server_message_done() */
-	SMTP_EV_STARTTLS,	/* 220 queued: flush it, drop the rest of the input, handshake */
-	SMTP_EV_CLOSE,		/* flush the output, then close the connection */
+	SMTP_EV_NONE,     /* nothing to decide; all input consumed unless output is full */
+	SMTP_EV_RCPT,     /* ev.rcpt needs a verdict: call smtp_server_rcpt_done() */
+	SMTP_EV_MESSAGE,  /* a complete message: store it, then smtp_server_message_done() */
+	SMTP_EV_STARTTLS, /* 220 queued: flush it, drop the rest of the input, handshake */
+	SMTP_EV_CLOSE,    /* flush the output, then close the connection */
 };
 
 enum smtp_close_reason {
 	SMTP_CLOSE_QUIT,
-	SMTP_CLOSE_ERRORS,	/* max_errors reached: 421 4.7.0 sent */
-	SMTP_CLOSE_TLS_REQUIRED_QUIT,	/* QUIT while TLS was required and never started */
-	SMTP_CLOSE_SHUTDOWN,	/* smtp_server_shutdown(): 421 4.3.2 sent */
-	SMTP_CLOSE_TIMEOUT,	/* smtp_server_timeout(): 421 4.4.2 sent */
+	SMTP_CLOSE_ERRORS,            /* max_errors reached: 421 4.7.0 sent */
+	SMTP_CLOSE_TLS_REQUIRED_QUIT, /* QUIT while TLS was required and never started */
+	SMTP_CLOSE_SHUTDOWN,          /* smtp_server_shutdown(): 421 4.3.2 sent */
+	SMTP_CLOSE_TIMEOUT,           /* smtp_server_timeout(): 421 4.4.2 sent */
 };
 
 /* What a session is allowed and what it has; set by the caller at connect and on TLS. */
 struct smtp_server_params {
-	const char *hostname;		/* our name, for the banner and EHLO */
-	bool starttls_offer;		/* advertise STARTTLS (tls: may|required, not yet active) */
-	bool tls_required;		/* MAIL refused with 530 5.7.0 before STARTTLS */
-	bool auth_required;		/* MAIL refused with 530 5.7.0 before AUTH (auth issue) */
-	bool tls_active;		/* implicit TLS, or after STARTTLS */
+	const char *hostname; /* our name, for the banner and EHLO */
+	bool starttls_offer;  /* advertise STARTTLS (tls: may|required, not yet active) */
+	bool tls_required;    /* MAIL refused with 530 5.7.0 before STARTTLS */
+	bool auth_required;   /* MAIL refused with 530 5.7.0 before AUTH (auth issue) */
+	bool tls_active;      /* implicit TLS, or after STARTTLS */
 	enum { SMTP_BARE_NEWLINE_NORMALIZE, SMTP_BARE_NEWLINE_REJECT } bare_newline;
 };
 
 struct smtp_server_limits {
-	size_t message_size_max;	/* bytes of body as received (after unstuffing) */
-	unsigned rcpt_count_max;	/* 452 4.5.3 past this */
-	unsigned error_count_max;	/* 421 4.7.0 and close at this many bad commands */
+	size_t message_size_max;  /* bytes of body as received (after unstuffing) */
+	unsigned rcpt_count_max;  /* 452 4.5.3 past this */
+	unsigned error_count_max; /* 421 4.7.0 and close at this many bad commands */
 };
 
 /* A recipient as accepted: the parsed mailbox and its ESMTP parameters (raw). */
 struct smtp_rcpt {
 	struct address addr;
-	char params[ADDRESS_PARAM_LEN];	/* the text after the path, trimmed; "" if none */
+	char params[ADDRESS_PARAM_LEN]; /* the text after the path, trimmed; "" if none */
 };
 
 /* The envelope of the current transaction, valid from SMTP_EV_MESSAGE until done. */
@@ -93,16 +93,16 @@ struct smtp_envelope {
 
 struct smtp_event {
 	enum smtp_event_type type;
-	const struct smtp_rcpt *rcpt;	/* SMTP_EV_RCPT */
-	const struct smtp_envelope *envelope;	/* SMTP_EV_MESSAGE */
-	enum smtp_close_reason close;	/* SMTP_EV_CLOSE */
+	const struct smtp_rcpt *rcpt;         /* SMTP_EV_RCPT */
+	const struct smtp_envelope *envelope; /* SMTP_EV_MESSAGE */
+	enum smtp_close_reason close;         /* SMTP_EV_CLOSE */
 };
 
 /* Result of storing a message (smtp_server_message_done). */
 enum smtp_store_result {
-	SMTP_STORE_OK,		/* 250 2.0.0 Ok: queued as ID */
-	SMTP_STORE_NOSPACE,	/* 452 4.3.1 */
-	SMTP_STORE_ERROR,	/* 451 4.3.0 */
+	SMTP_STORE_OK,      /* 250 2.0.0 Ok: queued as ID */
+	SMTP_STORE_NOSPACE, /* 452 4.3.1 */
+	SMTP_STORE_ERROR,   /* 451 4.3.0 */
 };
 
 struct smtp_server;
@@ -114,7 +114,7 @@ struct smtp_server;
  * Returns NULL on allocation failure.
  */
 struct smtp_server *smtp_server_new(const struct smtp_server_params *params,
-				    const struct smtp_server_limits *limits);
+                                    const struct smtp_server_limits *limits);
 void smtp_server_free(struct smtp_server *s);
 
 /*
@@ -127,14 +127,14 @@ void smtp_server_free(struct smtp_server *s);
  * for its smtp_server_*_done() answer.
  */
 size_t smtp_server_feed(struct smtp_server *s, const uint8_t *in, size_t len,
-			struct smtp_event *ev);
+                        struct smtp_event *ev);
 
 /* Answers SMTP_EV_RCPT: reply NULL accepts (250 2.1.5), else it is the refusal line. */
 void smtp_server_rcpt_done(struct smtp_server *s, const char *reply);
 
 /* Answers SMTP_EV_MESSAGE. queue_id is used in the 250 reply. Resets the transaction. */
 void smtp_server_message_done(struct smtp_server *s, enum smtp_store_result r,
-			      const char *queue_id);
+                              const char *queue_id);
 
 /* After SMTP_EV_STARTTLS: the handshake succeeded; the session starts over (RFC 3207 §4.2). */
 void smtp_server_tls_done(struct smtp_server *s);
@@ -155,7 +155,7 @@ bool smtp_server_output_full(const struct smtp_server *s);
 
 enum smtp_server_state smtp_server_state(const struct smtp_server *s);
 const char *smtp_server_state_name(enum smtp_server_state st);
-bool smtp_server_in_data(const struct smtp_server *s);	/* for data_timeout vs command_timeout */
+bool smtp_server_in_data(const struct smtp_server *s); /* for data_timeout vs command_timeout */
 
 /* The HELO/EHLO name given, "" before; and ESMTP vs SMTP. */
 const char *smtp_server_helo(const struct smtp_server *s);

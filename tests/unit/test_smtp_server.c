@@ -319,10 +319,15 @@ run_answer(const struct transcript *t, struct trace *tr)
 	return t->answer[tr->answer_next++];
 }
 
+/* "<local@domain>", escaped as in transcripts; "<local>" without a domain. */
 static void
 format_addr(const struct address *a, char *buf, size_t size)
 {
-	snprintf(buf, size, "<%s%s%s>", a->local, a->domain[0] != '\0' ? "@" : "", a->domain);
+	char raw[ADDRESS_PATH_MAX + 8];
+	int n = snprintf(raw, sizeof(raw), "<%s%s%s>", a->local, a->domain[0] != '\0' ? "@" : "",
+	                 a->domain);
+
+	escape((const uint8_t *)raw, (size_t)n, buf, size);
 }
 
 static void
@@ -330,7 +335,7 @@ run_message(struct smtp_server *s, const struct transcript *t, struct trace *tr,
             const struct smtp_envelope *env)
 {
 	static char body[TRACE_LINE_MAX];
-	char line[TRACE_LINE_MAX], addr[ADDRESS_PATH_MAX + 8];
+	char line[TRACE_LINE_MAX], addr[4 * ADDRESS_PATH_MAX + 8];
 	const char *a;
 	size_t n;
 
@@ -360,7 +365,7 @@ run_event(struct smtp_server *s, const struct transcript *t, struct trace *tr,
 {
 	static const char *const why[] = {"quit", "errors", "tls_required_quit", "shutdown",
 	                                  "timeout"};
-	char addr[ADDRESS_PATH_MAX + 8];
+	char addr[4 * ADDRESS_PATH_MAX + 8];
 	const char *a;
 
 	switch (ev->type) {
