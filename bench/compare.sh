@@ -11,10 +11,9 @@ set -euo pipefail
 N=${N:-20000}; SIZE=${SIZE:-1024}; SESSIONS=${SESSIONS:-50}; TIMEOUT=${TIMEOUT:-600}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=$ROOT/${RINGMX_BUILD:-build}
-PEER=${PEER_BENCH:-/work/shared/peer-bench}
+PEER=${PEER_BENCH:-$ROOT/../shared/peer-bench}
 SMTP_SINK=/usr/sbin/smtp-sink SMTP_SOURCE=/usr/sbin/smtp-source
 BENCH=$BUILD/ringmx-bench
-[[ -x $BENCH ]] || BENCH=$BUILD/bench/ringmx-bench
 [[ -x $BENCH ]] || { echo "compare.sh: ringmx-bench not built in $BUILD (ninja -C $BUILD)" >&2; exit 1; }
 for b in "$SMTP_SINK" "$SMTP_SOURCE"; do [[ -x $b ]] || { echo "compare.sh: $b missing (apt install postfix)" >&2; exit 1; }; done
 

@@ -11,13 +11,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def bench_bin():
-    """build/ringmx-bench, or build/bench/ringmx-bench where meson puts it from bench/."""
     build = os.path.join(REPO, os.environ.get("RINGMX_BUILD", "build"))
-    for rel in ("ringmx-bench", "bench/ringmx-bench"):
-        path = os.path.join(build, rel)
-        if os.access(path, os.X_OK):
-            return path
-    raise FileNotFoundError(f"ringmx-bench not built under {build} (set RINGMX_BUILD)")
+    path = os.path.join(build, "ringmx-bench")
+    if not os.access(path, os.X_OK):
+        raise FileNotFoundError(f"ringmx-bench not built under {build} (set RINGMX_BUILD)")
+    return path
 
 
 def free_port():

@@ -19,8 +19,6 @@ BUILD = os.path.join(REPO, os.environ.get("RINGMX_BUILD", "build"))
 
 def binary(name):
     path = os.path.join(BUILD, name)
-    if not os.path.exists(path):
-        path = os.path.join(BUILD, "tools", name)
     assert os.path.exists(path), f"{name} is not built in {BUILD}"
     return path
 
