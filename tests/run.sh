@@ -76,6 +76,11 @@ if build build-asan -Db_sanitize=address,undefined -Djemalloc=false -Db_lundef=f
 else
 	echo "sanitizer build failed"; total_fail=$((total_fail + 1))
 fi
+echo "== fuzz: every libFuzzer target for a few seconds"
+tests/fuzz/run.sh "${FUZZ_SECONDS:-10}" | tee "$results/fuzz.out" | grep -v '^[0-9]* passed'
+read -r fp ff < <(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$results/fuzz.out")
+total_pass=$((total_pass + ${fp:-0})) total_fail=$((total_fail + ${ff:-1}))
+
 if [ "$total_skip" -gt 0 ]; then
 	echo "$total_pass passed, $total_fail failed, $total_skip skipped"
 else
