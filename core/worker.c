@@ -124,6 +124,7 @@ struct worker {
 	struct journal_write jw;
 	bool jw_busy;
 	int jw_error;
+	size_t jw_written;
 	uint8_t *record_scratch;
 	uint8_t *body_scratch;
 	size_t body_scratch_cap;
@@ -640,6 +641,23 @@ worker_journal_done(struct worker *w, int res)
 		worker_answer_waiters(w, w->jw.batch, 0);
 }
 
+/* Writes what is left of the batch, then (linked) syncs it. */
+static void
+worker_journal_write(struct worker *w)
+{
+	struct io_uring_sqe *sqe = worker_sqe(w);
+
+	io_uring_prep_write(sqe, w->jw.fd, (const uint8_t *)w->jw.buf + w->jw_written,
+			    (unsigned)(w->jw.len - w->jw_written), w->jw.offset + w->jw_written);
+	io_uring_sqe_set_data64(sqe, ud_pack(OP_JOURNAL_WRITE, 0, 0));
+	if (w->jw.sync) {
+		sqe->flags |= IOSQE_IO_LINK;
+		sqe = worker_sqe(w);
+		io_uring_prep_fsync(sqe, w->jw.fd, IORING_FSYNC_DATASYNC);
+		io_uring_sqe_set_data64(sqe, ud_pack(OP_JOURNAL_SYNC, 0, 0));
+	}
+}
+
 static void
 worker_journal_submit(struct worker *w)
 {
@@ -648,34 +666,35 @@ worker_journal_submit(struct worker *w)
 	int r = journal_batch_begin(w->journal, &w->jw);
 	if (r != 0) {
 		/* no segment to write to: the pending records are gone, so are their 250s */
-		worker_journal_failed(w, r == -JOURNAL_ENOSPC ? r : -JOURNAL_EIO, r);
+		bool full = r == -JOURNAL_ENOSPC;
+		worker_journal_failed(w, full ? r : -JOURNAL_EIO, full ? -ENOSPC : -EIO);
 		return;
-	}
-	struct io_uring_sqe *sqe = worker_sqe(w);
-	io_uring_prep_write(sqe, w->jw.fd, w->jw.buf, (unsigned)w->jw.len, w->jw.offset);
-	io_uring_sqe_set_data64(sqe, ud_pack(OP_JOURNAL_WRITE, 0, 0));
-	if (w->jw.sync) {
-		sqe->flags |= IOSQE_IO_LINK;
-		sqe = worker_sqe(w);
-		io_uring_prep_fsync(sqe, w->jw.fd, IORING_FSYNC_DATASYNC);
-		io_uring_sqe_set_data64(sqe, ud_pack(OP_JOURNAL_SYNC, 0, 0));
 	}
 	w->jw_busy = true;
 	w->jw_error = 0;
+	w->jw_written = 0;
 	w->stats.journal_batches++;
+	worker_journal_write(w);
 }
 
 static void
 worker_on_journal(struct worker *w, enum worker_op op, int res)
 {
 	if (op == OP_JOURNAL_WRITE) {
-		if (res >= 0 && (size_t)res != w->jw.len)
-			res = -EIO;
+		if (res == 0)
+			res = -EIO;	/* no progress on a regular file: never loop on it */
 		if (res < 0)
 			w->jw_error = res;
-		/* with sync, the linked fsync completes next (cancelled if the write failed) */
-		if (!w->jw.sync)
-			worker_journal_done(w, w->jw_error);
+		else
+			w->jw_written += (size_t)res;
+		/* with sync, the linked fsync completes next (cancelled if the write was short) */
+		if (w->jw.sync)
+			return;
+		res = 0;
+	}
+	if (w->jw_error == 0 && w->jw_written < w->jw.len) {
+		/* a short write (a disk filling up does that): the rest tells us why */
+		worker_journal_write(w);
 		return;
 	}
 	worker_journal_done(w, w->jw_error ? w->jw_error : (res < 0 ? res : 0));
