@@ -481,6 +481,9 @@ void
 smtp_server_rcpt_done(struct smtp_server *s, const char *reply)
 {
 	assert(s);
+	/* A timeout or shutdown came first: the 421 was the last word. */
+	if (s->state == SMTP_SERVER_CLOSING)
+		return;
 	assert(s->state == SMTP_SERVER_RCPT_WAIT);
 	if (reply == NULL) {
 		assert(s->env.rcpt_count < s->rcpt_cap);
@@ -691,6 +694,8 @@ void
 smtp_server_message_done(struct smtp_server *s, enum smtp_store_result r, const char *queue_id)
 {
 	assert(s);
+	if (s->state == SMTP_SERVER_CLOSING)
+		return;
 	assert(s->state == SMTP_SERVER_DATA_WAIT);
 	switch (r) {
 	case SMTP_STORE_OK:

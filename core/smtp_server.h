@@ -141,7 +141,8 @@ void smtp_server_tls_done(struct smtp_server *s);
 
 /*
  * Queues 421 and moves to CLOSING (timeout or shutdown); the caller flushes and
- * closes. No-ops once CLOSING; not to be called while an event waits for its answer.
+ * closes. No-ops once CLOSING. May come while an event waits: the envelope stays
+ * valid and the later *_done() answer is accepted but sends nothing.
  */
 void smtp_server_timeout(struct smtp_server *s);
 void smtp_server_shutdown(struct smtp_server *s);

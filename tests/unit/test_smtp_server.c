@@ -694,6 +694,47 @@ test_rcpt_growth(void)
 	smtp_server_free(s);
 }
 
+/* A shutdown while the caller decides: the late answers send nothing after the 421. */
+static void
+test_close_while_waiting(void)
+{
+	static const char in[] = "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@b.test>\r\n"
+	                         "RCPT TO:<r2@b.test>\r\nDATA\r\nbody\r\n.\r\n";
+	struct smtp_server *s = smtp_server_new(&test_params, &test_limits);
+	struct smtp_event ev;
+	size_t used = smtp_server_feed(s, (const uint8_t *)in, sizeof(in) - 1, &ev), len;
+	const uint8_t *out;
+
+	CHECK(ev.type == SMTP_EV_RCPT);
+	smtp_server_rcpt_done(s, NULL);
+	used += smtp_server_feed(s, (const uint8_t *)in + used, sizeof(in) - 1 - used, &ev);
+	CHECK(ev.type == SMTP_EV_RCPT);
+	smtp_server_shutdown(s);
+	smtp_server_rcpt_done(s, NULL);
+	smtp_server_output(s, &len);
+	smtp_server_output_consume(s, len - 33);
+	out = smtp_server_output(s, &len);
+	CHECK(len == 33);
+	CHECK(memcmp(out, "421 4.3.2 Service shutting down\r\n", 33) == 0);
+	CHECK(smtp_server_feed(s, (const uint8_t *)in + used, sizeof(in) - 1 - used, &ev) == 0);
+	smtp_server_free(s);
+
+	s = smtp_server_new(&test_params, &test_limits);
+	CHECK(feed_all(s, in, sizeof(in) - 4, NULL) > 0);
+	CHECK(smtp_server_feed(s, (const uint8_t *)".\r\n", 3, &ev) == 3);
+	CHECK(ev.type == SMTP_EV_MESSAGE);
+	smtp_server_timeout(s);
+	if (ev.type == SMTP_EV_MESSAGE) {
+		CHECK(ev.envelope->body_len == 6);
+		CHECK(memcmp(ev.envelope->body, "body\r\n", 6) == 0);
+		smtp_server_message_done(s, SMTP_STORE_OK, "Q1");
+	}
+	out = smtp_server_output(s, &len);
+	CHECK(len > 0 && memcmp(out, "421 4.4.2 ", 10) == 0);
+	CHECK(smtp_server_state(s) == SMTP_SERVER_CLOSING);
+	smtp_server_free(s);
+}
+
 int
 main(void)
 {
@@ -702,6 +743,7 @@ main(void)
 	test_state_names();
 	test_envelope();
 	test_rcpt_growth();
+	test_close_while_waiting();
 	printf("%d passed, %d failed\n", passed, failed);
 	return failed > 0;
 }
