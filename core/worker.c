@@ -896,7 +896,8 @@ worker_on_send(struct worker *w, uint64_t ud, int res)
 		} else {
 			c->out_sent += (size_t)res;
 			conn_flush(w, c);
-			if (c->recv_paused && !c->waiting)
+			/* input held back while the output was full runs now */
+			if ((c->recv_paused || c->stash_len > 0) && !c->waiting)
 				conn_resume(w, c);
 		}
 	}
