@@ -196,7 +196,7 @@ def test_second_server_on_the_same_port_refused(ringmx_factory, tmp_path):
     proc = subprocess.Popen([binary("ringmx"), "-c", second.cfg_path],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        rc = proc.wait(5)
+        rc = proc.wait(3)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
