@@ -36,6 +36,43 @@ usage(FILE *f)
 		   "  --default-config  print the built-in configuration as YAML and exit\n");
 }
 
+static void
+listen_error(const struct config_listen *ls, int e, char *err, size_t err_len)
+{
+	snprintf(err, err_len, "listen %s: %s%s", ls->address.text, strerror(e),
+		 e == EACCES ? " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+		 : e == EADDRINUSE ? " (another server has this port)"
+				   : "");
+}
+
+/*
+ * SO_REUSEPORT would let a second ringmx (same user) join our listening group and
+ * quietly take part of the connections, so the address is first bound once without
+ * it: that fails while anybody, ringmx included, listens there.
+ */
+static int
+listen_probe(const struct config_listen *ls, char *err, size_t err_len)
+{
+	int one = 1;
+	int fd = socket(ls->address.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (fd < 0) {
+		listen_error(ls, errno, err, err_len);
+		return -1;
+	}
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (ls->address.ss.ss_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	int r = bind(fd, (const struct sockaddr *)&ls->address.ss, ls->address.len);
+	int e = errno;
+	close(fd);
+	if (r != 0) {
+		listen_error(ls, e, err, err_len);
+		return -1;
+	}
+	return 0;
+}
+
 static int
 listen_socket(const struct config_listen *ls, char *err, size_t err_len)
 {
@@ -43,7 +80,7 @@ listen_socket(const struct config_listen *ls, char *err, size_t err_len)
 	int fd = socket(ls->address.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
 	if (fd < 0) {
-		snprintf(err, err_len, "listen %s: socket: %s", ls->address.text, strerror(errno));
+		listen_error(ls, errno, err, err_len);
 		return -1;
 	}
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
@@ -54,9 +91,7 @@ listen_socket(const struct config_listen *ls, char *err, size_t err_len)
 		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
 	if (bind(fd, (const struct sockaddr *)&ls->address.ss, ls->address.len) != 0 ||
 	    listen(fd, 4096) != 0) {
-		snprintf(err, err_len, "listen %s: %s%s", ls->address.text, strerror(errno),
-			 errno == EACCES ? " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
-					 : errno == EADDRINUSE ? " (another server has this port)" : "");
+		listen_error(ls, errno, err, err_len);
 		close(fd);
 		return -1;
 	}
@@ -102,6 +137,9 @@ server_bind(struct server *s, char *err, size_t err_len)
 	for (unsigned w = 0; w < cfg->workers; w++)
 		for (unsigned i = 0; i < cfg->listen_count; i++)
 			s->listen_fds[w][i] = -1;
+	for (unsigned i = 0; i < cfg->listen_count; i++)
+		if (listen_probe(&cfg->listen[i], err, err_len) != 0)
+			return -1;
 	for (unsigned w = 0; w < cfg->workers; w++) {
 		for (unsigned i = 0; i < cfg->listen_count; i++) {
 			s->listen_fds[w][i] = listen_socket(&cfg->listen[i], err, err_len);

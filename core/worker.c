@@ -1326,7 +1326,8 @@ worker_alloc(struct worker *w)
 	const struct config *cfg = w->cfg;
 	unsigned rcpts = cfg->limits_max_recipients;
 
-	w->conn_max = (cfg->limits_max_connections + cfg->workers - 1) / cfg->workers;
+	/* the server-wide limit is connlimit's; SO_REUSEPORT may send any worker them all */
+	w->conn_max = cfg->limits_max_connections;
 	w->conns = calloc(w->conn_max, sizeof(*w->conns));
 	w->free_slots = calloc(w->conn_max, sizeof(unsigned));
 	w->dirty = calloc(w->conn_max, sizeof(unsigned));
