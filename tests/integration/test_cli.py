@@ -186,9 +186,6 @@ def test_port_taken_by_another_program(tmp_path):
     assert f"127.0.0.1:{port}" in err and "in use" in err, err
 
 
-@pytest.mark.xfail(strict=True, reason="bug: every listener sets SO_REUSEPORT before bind "
-                   "(main.c listen_socket), so a second ringmx on a port already served by "
-                   "ringmx starts and silently takes part of its connections")
 def test_second_server_on_the_same_port_refused(ringmx_factory, tmp_path):
     first = ringmx_factory()
     (tmp_path / "second").mkdir()

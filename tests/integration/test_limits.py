@@ -52,10 +52,6 @@ def test_max_connections_total(ringmx_factory):
     assert held[0][0].cmd("EHLO still.example")[0] == 250
 
 
-@pytest.mark.xfail(strict=True, reason="bug: max_connections is split evenly over the workers "
-                   "(worker.c worker_alloc: conn_max = max/workers), so a worker whose "
-                   "SO_REUSEPORT share is uneven refuses with 421 while the server is under "
-                   "its total limit")
 def test_max_connections_is_per_server_not_per_worker(ringmx_factory):
     n = 12
     server = quiet(ringmx_factory(workers=n, limits={"max_connections": n}))
