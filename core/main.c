@@ -24,7 +24,9 @@
 #include "core/policy.h"
 #include "core/worker.h"
 
-#define EXIT_CONFIG 2	/* the configuration has problems */
+#define EXIT_CONFIG	     2	/* the configuration has problems */
+#define LISTEN_PROBE_TRIES    40	/* times LISTEN_PROBE_PAUSE_MS: how long a port may be */
+#define LISTEN_PROBE_PAUSE_MS 50	/* still held by a server that just died */
 
 static void
 usage(FILE *f)
@@ -45,28 +47,42 @@ listen_error(const struct config_listen *ls, int e, char *err, size_t err_len)
 				   : "");
 }
 
-/*
- * SO_REUSEPORT would let a second ringmx (same user) join our listening group and
- * quietly take part of the connections, so the address is first bound once without
- * it: that fails while anybody, ringmx included, listens there.
- */
 static int
-listen_probe(const struct config_listen *ls, char *err, size_t err_len)
+listen_probe_once(const struct config_listen *ls)
 {
 	int one = 1;
 	int fd = socket(ls->address.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
-	if (fd < 0) {
-		listen_error(ls, errno, err, err_len);
-		return -1;
-	}
+	if (fd < 0)
+		return errno;
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 	if (ls->address.ss.ss_family == AF_INET6)
 		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
 	int r = bind(fd, (const struct sockaddr *)&ls->address.ss, ls->address.len);
 	int e = errno;
 	close(fd);
-	if (r != 0) {
+	return r == 0 ? 0 : e;
+}
+
+/*
+ * SO_REUSEPORT would let a second ringmx (same user) join our listening group and
+ * quietly take part of the connections, so the address is first bound once without
+ * it: that fails while anybody, ringmx included, listens there. A server killed a
+ * moment ago holds its sockets for a few more milliseconds (the kernel tears its
+ * io_uring down), so a restart by a supervisor waits for that, briefly.
+ */
+static int
+listen_probe(const struct config_listen *ls, char *err, size_t err_len)
+{
+	int e = 0;
+
+	for (unsigned i = 0; i < LISTEN_PROBE_TRIES; i++) {
+		e = listen_probe_once(ls);
+		if (e != EADDRINUSE)
+			break;
+		usleep(LISTEN_PROBE_PAUSE_MS * 1000);
+	}
+	if (e != 0) {
 		listen_error(ls, e, err, err_len);
 		return -1;
 	}
