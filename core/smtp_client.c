@@ -388,6 +388,18 @@ session_protocol_error(struct smtp_client *c, const char *what, struct smtp_clie
 	session_fail(c, &r, ev);
 }
 
+/* The peer refused what the session needs: its 4xx/5xx ends the session; anything else is bogus. */
+static void
+session_refused(struct smtp_client *c, const char *what, struct smtp_client_event *ev)
+{
+	unsigned cls = c->reply.code / 100;
+
+	if (cls == 4 || cls == 5)
+		session_fail(c, &c->reply, ev);
+	else
+		session_protocol_error(c, what, ev);
+}
+
 static void
 session_ready(struct smtp_client *c, struct smtp_client_event *ev)
 {
@@ -463,7 +475,7 @@ on_greeting(struct smtp_client *c, struct smtp_client_event *ev)
 	if (c->reply.code == 220)
 		session_ehlo(c);
 	else
-		session_fail(c, &c->reply, ev);
+		session_refused(c, "unexpected greeting", ev);
 }
 
 static void
@@ -480,7 +492,7 @@ on_ehlo(struct smtp_client *c, struct smtp_client_event *ev)
 		cmd_send(c, "HELO %s\r\n", c->params.helo_name);
 		smtp_client_state_set(c, SMTP_CLIENT_HELO);
 	} else {
-		session_fail(c, &c->reply, ev);
+		session_refused(c, "unexpected reply to EHLO", ev);
 	}
 }
 
@@ -490,7 +502,7 @@ on_helo(struct smtp_client *c, struct smtp_client_event *ev)
 	if (c->reply.code / 100 == 2)
 		session_hello_done(c, ev);
 	else
-		session_fail(c, &c->reply, ev);
+		session_refused(c, "unexpected reply to HELO", ev);
 }
 
 static void
@@ -501,6 +513,8 @@ on_starttls(struct smtp_client *c, struct smtp_client_event *ev)
 	if (c->reply.code == 220) {
 		smtp_client_state_set(c, SMTP_CLIENT_TLS_WAIT);
 		ev->type = SMTP_CLIENT_EV_STARTTLS;
+	} else if (c->reply.code / 100 != 4 && c->reply.code / 100 != 5) {
+		session_protocol_error(c, "unexpected reply to STARTTLS", ev);
 	} else if (c->params.tls_mode == SMTP_CLIENT_TLS_REQUIRED) {
 		reply_make(&r, 451, "4.7.4", "TLS required but STARTTLS refused: %s",
 		           c->reply.text);
@@ -603,7 +617,7 @@ on_rset(struct smtp_client *c, struct smtp_client_event *ev)
 	if (c->reply.code / 100 == 2)
 		txn_done(c, ev);
 	else
-		session_fail(c, &c->reply, ev);
+		session_refused(c, "unexpected reply to RSET", ev);
 }
 
 static void
@@ -916,12 +930,12 @@ smtp_client_send(struct smtp_client *c, const struct smtp_client_txn *t,
 	memset(ev, 0, sizeof(*ev));
 	if (c->state != SMTP_CLIENT_READY)
 		return -EBUSY;
+	if (t->rcpt_count > c->params.rcpt_count_max)
+		return -E2BIG;
 	utf8 = t->smtputf8;
 	r = txn_check(t, &utf8);
 	if (r < 0)
 		return r;
-	if (t->rcpt_count > c->params.rcpt_count_max)
-		return -E2BIG;
 	r = txn_reserve(c, t->rcpt_count);
 	if (r < 0)
 		return r;

@@ -117,7 +117,8 @@ enum smtp_client_event_type {
 
 struct smtp_client_event {
 	enum smtp_client_event_type type;
-	const struct smtp_client_reply *reply; /* FAILED, CLOSED: the reply that ended it */
+	/* FAILED: why, always 4xx or 5xx (a bogus code becomes 451 4.4.2); CLOSED: the reply */
+	const struct smtp_client_reply *reply;
 	/*
 	 * TXN_DONE, and FAILED during a transaction: one result per recipient in send
 	 * order, valid until the next smtp_client_send() or smtp_client_free(). An

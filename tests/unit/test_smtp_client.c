@@ -675,10 +675,277 @@ test_transcripts(void)
 	free(t);
 }
 
+static const struct smtp_client_params test_params = {.helo_name = "relay.example.org",
+                                                      .tls_mode = SMTP_CLIENT_TLS_NONE,
+                                                      .reply_line_max = 512,
+                                                      .reply_lines_max = 100,
+                                                      .rcpt_count_max = 1000};
+
+/* Feeds text whole; returns the event type of the last feed. */
+static enum smtp_client_event_type
+feed_text(struct smtp_client *c, const char *text, struct smtp_client_event *ev)
+{
+	size_t len = strlen(text);
+
+	ev->type = SMTP_CLIENT_EV_NONE;
+	while (len > 0 && ev->type == SMTP_CLIENT_EV_NONE) {
+		size_t used = smtp_client_feed(c, (const uint8_t *)text, len, ev);
+
+		if (used == 0)
+			break;
+		text += used;
+		len -= used;
+	}
+	return ev->type;
+}
+
+/* Sends everything pending; returns the byte count. */
+static size_t
+drain(struct smtp_client *c)
+{
+	struct iovec iov[8];
+	size_t total = 0;
+	unsigned n;
+
+	while ((n = smtp_client_output(c, iov, 8)) > 0) {
+		size_t sum = 0;
+
+		for (unsigned i = 0; i < n; i++)
+			sum += iov[i].iov_len;
+		smtp_client_output_consume(c, sum);
+		total += sum;
+	}
+	return total;
+}
+
+static struct smtp_client *
+ready_session(const struct smtp_client_params *p, const char *ehlo)
+{
+	struct smtp_client *c = smtp_client_new(p);
+	struct smtp_client_event ev;
+
+	CHECK(feed_text(c, "220 mx\r\n", &ev) == SMTP_CLIENT_EV_NONE);
+	CHECK(drain(c) > 0);
+	CHECK(feed_text(c, ehlo, &ev) == SMTP_CLIENT_EV_READY);
+	return c;
+}
+
+/* The dot-stuffed body as the RFC says it, built the plain way. */
+static size_t
+ref_stuff(const uint8_t *b, size_t len, uint8_t *out)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < len; i++) {
+		if (b[i] == '.' && (i == 0 || b[i - 1] == '\r' || b[i - 1] == '\n'))
+			out[n++] = '.';
+		out[n++] = b[i];
+	}
+	if (len > 0 && (len < 2 || b[len - 2] != '\r' || b[len - 1] != '\n')) {
+		memcpy(out + n, "\r\n", 2);
+		n += 2;
+	}
+	memcpy(out + n, ".\r\n", 3);
+	return n + 3;
+}
+
+static uint32_t
+rng_next(uint32_t *state)
+{
+	*state = *state * 1103515245u + 12345u;
+	return *state >> 8;
+}
+
+/* Drains the body with max iovecs a call and odd consume sizes; checks bytes and no copy. */
+static bool
+body_drain_check(struct smtp_client *c, const uint8_t *body, size_t len, unsigned max,
+                 uint32_t *rng)
+{
+	static uint8_t got[2 * BODY_MAX + 8], want[2 * BODY_MAX + 8];
+	size_t n = 0, want_len = ref_stuff(body, len, want);
+	struct iovec iov[4];
+	unsigned cnt;
+
+	while ((cnt = smtp_client_output(c, iov, max)) > 0) {
+		size_t avail = 0, take;
+
+		for (unsigned i = 0; i < cnt; i++) {
+			const uint8_t *p = iov[i].iov_base;
+			bool in_body = len > 0 && p >= body && p + iov[i].iov_len <= body + len;
+
+			if (!in_body && iov[i].iov_len > 5)
+				return false;
+			if (n + avail + iov[i].iov_len > sizeof(got))
+				return false;
+			memcpy(got + n + avail, p, iov[i].iov_len);
+			avail += iov[i].iov_len;
+		}
+		take = 1 + rng_next(rng) % avail;
+		smtp_client_output_consume(c, take);
+		n += take;
+	}
+	return n == want_len && memcmp(got, want, n) == 0;
+}
+
+/* Random bodies of '.', CR, LF and 'a', every iovec budget: same bytes as plain stuffing. */
+static void
+test_body_segments(void)
+{
+	static uint8_t body[BODY_MAX];
+	struct smtp_client_rcpt rcpt = {.address = "bob@example.test"};
+	uint32_t rng = 7;
+	bool ok = true;
+
+	for (int round = 0; round < 400 && ok; round++) {
+		struct smtp_client *c = ready_session(&test_params, "250-mx\r\n250 PIPELINING\r\n");
+		struct smtp_client_txn t = {
+		    .sender = "a@example.org", .rcpts = &rcpt, .rcpt_count = 1, .body = body};
+		struct smtp_client_event ev;
+
+		t.body_len = rng_next(&rng) % (round < 300 ? 40 : BODY_MAX);
+		for (size_t i = 0; i < t.body_len; i++)
+			body[i] = (uint8_t) ".\r\na"[rng_next(&rng) % 4];
+		CHECK(smtp_client_send(c, &t, &ev) == 0);
+		drain(c);
+		CHECK(feed_text(c, "250 ok\r\n250 ok\r\n354 go\r\n", &ev) == SMTP_CLIENT_EV_NONE);
+		ok = body_drain_check(c, body, t.body_len, 1 + (unsigned)round % 4, &rng);
+		CHECK(feed_text(c, "250 ok\r\n", &ev) == SMTP_CLIENT_EV_TXN_DONE);
+		CHECK(ev.rcpt_count == 1 && ev.results[0].code == 250);
+		smtp_client_free(c);
+	}
+	CHECK(ok);
+}
+
+/* A reply is not read while the command it answers is still unsent. */
+static void
+test_stall(void)
+{
+	struct smtp_client *c = ready_session(&test_params, "250-mx\r\n250 PIPELINING\r\n");
+	struct smtp_client_rcpt rcpt = {.address = "bob@example.test"};
+	struct smtp_client_txn t = {.sender = "", .rcpts = &rcpt, .rcpt_count = 1};
+	struct smtp_client_event ev;
+	struct iovec iov[1];
+
+	CHECK(smtp_client_send(c, &t, &ev) == 0);
+	CHECK(ev.type == SMTP_CLIENT_EV_NONE);
+	CHECK(smtp_client_send(c, &t, &ev) == -EBUSY);
+	CHECK(smtp_client_feed(c, (const uint8_t *)"250 ok\r\n", 8, &ev) == 0);
+	CHECK(ev.type == SMTP_CLIENT_EV_NONE);
+	CHECK(smtp_client_output(c, iov, 1) == 1);
+	smtp_client_output_consume(c, iov[0].iov_len - 1);
+	CHECK(smtp_client_feed(c, (const uint8_t *)"250 ok\r\n", 8, &ev) == 0);
+	smtp_client_output_consume(c, 1);
+	CHECK(!smtp_client_output_pending(c));
+	CHECK(smtp_client_feed(c, (const uint8_t *)"250 ok\r\n", 8, &ev) == 8);
+	CHECK(smtp_client_state(c) == SMTP_CLIENT_RCPT);
+	/* A failure drops what is pending; a late write completion changes nothing. */
+	smtp_client_abort(c, SMTP_CLIENT_ABORT_LOST, &ev);
+	CHECK(ev.type == SMTP_CLIENT_EV_FAILED);
+	CHECK(!smtp_client_output_pending(c));
+	smtp_client_output_consume(c, 100);
+	smtp_client_abort(c, SMTP_CLIENT_ABORT_TIMEOUT, &ev);
+	CHECK(ev.type == SMTP_CLIENT_EV_NONE);
+	CHECK(smtp_client_feed(c, (const uint8_t *)"250 ok\r\n", 8, &ev) == 8);
+	CHECK(ev.type == SMTP_CLIENT_EV_NONE);
+	smtp_client_free(c);
+}
+
+/* Reply text is cut at SMTP_CLIENT_REPLY_TEXT_MAX - 1; a flood of lines stops at the limit. */
+static void
+test_reply_limits(void)
+{
+	struct smtp_client *c = smtp_client_new(&test_params);
+	struct smtp_client_event ev;
+	char line[600];
+	size_t lines = 0;
+
+	memset(line, 'z', sizeof(line));
+	memcpy(line, "220 ", 4);
+	memcpy(line + 505, "\r\n", 3);
+	CHECK(feed_text(c, line, &ev) == SMTP_CLIENT_EV_NONE);
+	CHECK(strlen(smtp_client_last_reply(c)->text) == SMTP_CLIENT_REPLY_TEXT_MAX - 1);
+	CHECK(strncmp(smtp_client_last_reply(c)->text, "220 zzz", 7) == 0);
+	drain(c);
+	while (feed_text(c, "250-x\r\n", &ev) == SMTP_CLIENT_EV_NONE && lines < 100000)
+		lines++;
+	CHECK(lines == test_params.reply_lines_max);
+	CHECK(ev.type == SMTP_CLIENT_EV_FAILED);
+	CHECK(ev.reply->code == 451);
+	CHECK(strcmp(ev.reply->status, "4.4.2") == 0);
+	CHECK(!ev.reply->remote);
+	smtp_client_free(c);
+}
+
+/* rcpt_count_max recipients in one pipelined batch, each with long DSN values. */
+static void
+test_large_batch(void)
+{
+	static struct smtp_client_rcpt rcpts[1000];
+	static char addr[1000][80], orcpt[SMTP_CLIENT_ORCPT_MAX + 2];
+	struct smtp_client *c =
+	    ready_session(&test_params, "250-mx\r\n250-PIPELINING\r\n250 DSN\r\n");
+	struct smtp_client_txn t = {.sender = "a@example.org", .rcpts = rcpts, .rcpt_count = 1000};
+	struct smtp_client_event ev;
+	size_t out;
+
+	memset(orcpt, 'o', SMTP_CLIENT_ORCPT_MAX);
+	for (int i = 0; i < 1000; i++) {
+		snprintf(addr[i], sizeof(addr[i]), "user%d@example.test", i);
+		rcpts[i] = (struct smtp_client_rcpt){
+		    .address = addr[i], .notify = "SUCCESS,FAILURE,DELAY", .orcpt = orcpt};
+	}
+	CHECK(smtp_client_send(c, &t, &ev) == 0);
+	out = drain(c);
+	CHECK(out > 1000 * SMTP_CLIENT_ORCPT_MAX);
+	CHECK(feed_text(c, "250 ok\r\n", &ev) == SMTP_CLIENT_EV_NONE);
+	for (int i = 0; i < 1000; i++)
+		feed_text(c, i % 2 ? "250 ok\r\n" : "550 5.1.1 no\r\n", &ev);
+	CHECK(feed_text(c, "354 go\r\n", &ev) == SMTP_CLIENT_EV_NONE);
+	CHECK(drain(c) == 3);
+	CHECK(feed_text(c, "250 2.0.0 done\r\n", &ev) == SMTP_CLIENT_EV_TXN_DONE);
+	CHECK(ev.rcpt_count == 1000);
+	CHECK(ev.results[0].code == 550 && ev.results[999].code == 250);
+	CHECK(strcmp(ev.results[1].text, "250 2.0.0 done") == 0);
+	/* One value too long for a command line is refused, nothing queued. */
+	orcpt[SMTP_CLIENT_ORCPT_MAX] = 'o';
+	CHECK(smtp_client_send(c, &t, &ev) == -EINVAL);
+	CHECK(!smtp_client_output_pending(c));
+	smtp_client_free(c);
+}
+
+static void
+test_send_misuse(void)
+{
+	struct smtp_client *c = ready_session(&test_params, "250 mx\r\n");
+	struct smtp_client_rcpt rcpt = {.address = "bob@example.test"};
+	struct smtp_client_txn t = {.sender = NULL, .rcpts = &rcpt, .rcpt_count = 1};
+	struct smtp_client_event ev;
+
+	CHECK(smtp_client_send(c, &t, &ev) == -EINVAL);
+	t.sender = "";
+	t.body_len = 5;
+	CHECK(smtp_client_send(c, &t, &ev) == -EINVAL);
+	t.body_len = 0;
+	t.rcpt_count = 0;
+	CHECK(smtp_client_send(c, &t, &ev) == -EINVAL);
+	t.rcpt_count = 1001;
+	CHECK(smtp_client_send(c, &t, &ev) == -E2BIG);
+	CHECK(!smtp_client_output_pending(c));
+	CHECK(smtp_client_state(c) == SMTP_CLIENT_READY);
+	smtp_client_free(c);
+	CHECK(strcmp(smtp_client_state_name(SMTP_CLIENT_CLOSED), "closed") == 0);
+	CHECK(strcmp(smtp_client_state_name((enum smtp_client_state)99), "invalid") == 0);
+}
+
 int
 main(void)
 {
 	test_transcripts();
+	test_body_segments();
+	test_stall();
+	test_reply_limits();
+	test_large_batch();
+	test_send_misuse();
 	printf("%d passed, %d failed\n", passed, failed);
 	return failed > 0;
 }
