@@ -30,6 +30,7 @@ struct control_stats {
 	uint64_t connections_total, connections_active, connections_refused;
 	uint64_t messages_accepted, bytes_accepted, messages_refused;
 	uint64_t rcpts_accepted, rcpts_refused;
+	uint64_t rcpts_delivered, rcpts_deferred, rcpts_bounced;
 	uint64_t journal_batches, journal_syncs, journal_errors;
 	uint64_t queue_messages, queue_recipients, queue_memory, queue_memory_limit;
 	uint64_t journal_disk_bytes;

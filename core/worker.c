@@ -16,150 +16,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "core/address.h"
 #include "core/log.h"
-#include "core/smtp_server.h"
-#include "queue/journal.h"
-#include "queue/queue.h"
+#include "core/worker_impl.h"
 
-#define WORKER_RING_ENTRIES	4096
-#define WORKER_CQE_BATCH	512	/* completions handled per turn before the next submit */
-#define WORKER_BUF_COUNT	512	/* provided receive buffers (power of two) */
-#define WORKER_BUF_SIZE		16384
-#define WORKER_BUF_GROUP	1
-#define WORKER_TICK_MS		250
-#define WORKER_STOP_GRACE_MS	5000	/* sessions in a transaction may finish this long */
-#define CONN_OUT_CAP		8192	/* reply bytes in flight per connection */
-#define CONN_STASH_MAX		(64 * 1024)	/* input held while a reply is awaited */
-#define RECORD_SCRATCH		(1024 * 1024)	/* encoded envelope of one message */
-
-static_assert((WORKER_BUF_COUNT & (WORKER_BUF_COUNT - 1)) == 0, "buffer ring size is a power of two");
-
-enum worker_op {
-	OP_ACCEPT = 1,
-	OP_RECV,
-	OP_SEND,
-	OP_REFUSE_SEND,
-	OP_REFUSE_CLOSE,
-	OP_TICK,
-	OP_JOURNAL_WRITE,
-	OP_JOURNAL_SYNC,
-	OP_MAILBOX,
-	OP_CANCEL,
-};
-
-/* user_data: op in the top byte, a 24-bit generation, a 32-bit slot (or fd, or listener). */
-static uint64_t
-ud_pack(enum worker_op op, uint32_t gen, uint32_t slot)
-{
-	return (uint64_t)op << 56 | (uint64_t)(gen & 0xffffff) << 32 | slot;
-}
-
-static enum worker_op
-ud_op(uint64_t ud)
-{
-	return (enum worker_op)(ud >> 56);
-}
-
-static uint32_t
-ud_gen(uint64_t ud)
-{
-	return (uint32_t)(ud >> 32) & 0xffffff;
-}
-
-static uint32_t
-ud_slot(uint64_t ud)
-{
-	return (uint32_t)ud;
-}
-
-struct conn {
-	int fd;			/* -1 once closed */
-	uint32_t gen;
-	bool used;
-	bool recv_armed, recv_paused, send_busy, closing, dirty, waiting, counted;
-	unsigned inflight;	/* submitted ops that still name this slot */
-	unsigned listener;
-	struct smtp_server *smtp;
-	struct sockaddr_storage peer;
-	char peer_text[INET6_ADDRSTRLEN];
-	struct policy_client client;
-	uint64_t deadline_ms;
-	uint64_t connected_ms;
-
-	/* the message awaiting its journal batch */
-	uint64_t wait_batch;
-	struct queue_message *wait_msg;
-
-	uint8_t *stash;		/* input not yet fed (the engine was waiting) */
-	size_t stash_len;
-	uint8_t *out;		/* CONN_OUT_CAP bytes, allocated on first send */
-	size_t out_len, out_sent;
-};
-
-struct worker {
-	unsigned index;
-	char name[16];
-	const struct config *cfg;
-	const struct policy *policy;
-	struct connlimit *limits;
-	pthread_t thread;
-
-	struct io_uring ring;
-	int listen_fds[CONFIG_LISTEN_MAX];
-	struct io_uring_buf_ring *buf_ring;
-	uint8_t *bufs;
-	struct __kernel_timespec tick;
-	uint64_t now_ms;	/* monotonic, once per turn */
-
-	struct conn *conns;
-	unsigned conn_max;
-	unsigned *free_slots, free_count;
-	unsigned *dirty, dirty_count;
-	unsigned *waiters, waiter_count;	/* in batch order */
-	unsigned active;
-
-	struct journal *journal;
-	struct queue *queue;
-	struct journal_write jw;
-	bool jw_busy;
-	int jw_error;
-	size_t jw_written;
-	uint8_t *record_scratch;
-	uint8_t *body_scratch;
-	size_t body_scratch_cap;
-	char (*rcpt_text)[ADDRESS_PATH_MAX + 1];
-	const char **rcpt_ptrs, **rcpt_params;
-
-	int mailbox_fd;
-	uint64_t mailbox_value;
-	pthread_mutex_t mailbox_lock;
-	struct control_request *mailbox[8];
-	unsigned mailbox_count;
-
-	bool stopping;
-	uint64_t stop_deadline_ms;
-
-	/* start-up handshake with the main thread */
-	pthread_mutex_t start_lock;
-	pthread_cond_t start_cond;
-	bool start_done;
-	int start_error;
-	char start_err[256];
-
-	struct control_stats stats;
-};
-
-static uint64_t
-clock_ms(clockid_t id)
-{
-	struct timespec ts;
-
-	clock_gettime(id, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static struct io_uring_sqe *
+struct io_uring_sqe *
 worker_sqe(struct worker *w)
 {
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
@@ -482,6 +342,51 @@ conn_envelope_text(struct worker *w, const struct smtp_envelope *env, char *send
 	return true;
 }
 
+/*
+ * Queues a message and appends its journal record; *batch is the journal batch
+ * that makes it durable. NULL when it can't be taken: *batch is then -E2BIG (the
+ * envelope does not encode) or -ENOSPC (queue memory, or the journal, is full).
+ */
+struct queue_message *
+worker_store_message(struct worker *w, uint64_t id, const struct queue_envelope *qe,
+		     const uint8_t *body, size_t body_len, int64_t *batch)
+{
+	struct iovec iov[2];
+	int n = queue_record_encode(id, qe, body, body_len, w->record_scratch, RECORD_SCRATCH, iov);
+
+	if (n < 0) {
+		*batch = -E2BIG;
+		return NULL;
+	}
+	/* In the queue first (it checks the memory limit), then journaled. */
+	struct queue_message *m = queue_add(w->queue, id, qe, body, body_len, &(struct journal_loc){0});
+	if (m == NULL) {
+		*batch = -ENOSPC;
+		return NULL;
+	}
+	*batch = journal_append(w->journal, JOURNAL_REC_MESSAGE, iov, (unsigned)n, &m->loc);
+	if (*batch < 0) {
+		queue_remove(w->queue, m);
+		*batch = -ENOSPC;
+		return NULL;
+	}
+	return m;
+}
+
+/* A record that needs no reply of its own: it becomes durable with the next batch. */
+void
+worker_journal_record(struct worker *w, enum journal_rec_type type, const struct iovec *iov,
+		      unsigned n)
+{
+	struct journal_loc loc;
+
+	if (journal_append(w->journal, type, iov, n, &loc) < 0) {
+		/* lost now means repeated after a crash (a duplicate delivery), never lost mail */
+		w->stats.journal_errors++;
+		log_msg(CONFIG_LOG_WARNING, "journal busy: an outcome record was dropped");
+	}
+}
+
 static void
 conn_store(struct worker *w, struct conn *c, const struct smtp_envelope *env)
 {
@@ -514,24 +419,12 @@ conn_store(struct worker *w, struct conn *c, const struct smtp_envelope *env)
 			   .auth_user = ""},
 		.arrival_ms = clock_ms(CLOCK_REALTIME),
 	};
-	struct iovec iov[2];
-	int n = queue_record_encode(id, &qe, w->body_scratch, body_len, w->record_scratch,
-				    RECORD_SCRATCH, iov);
-	if (n < 0) {
-		conn_store_refuse(w, c, SMTP_STORE_ERROR, "envelope too large");
-		return;
-	}
-	/* In the queue first (it checks the memory limit), then journaled. */
+	int64_t batch;
 	struct queue_message *m =
-		queue_add(w->queue, id, &qe, w->body_scratch, body_len, &(struct journal_loc){0});
+		worker_store_message(w, id, &qe, w->body_scratch, body_len, &batch);
 	if (m == NULL) {
-		conn_store_refuse(w, c, SMTP_STORE_NOSPACE, "queue full");
-		return;
-	}
-	int64_t batch = journal_append(w->journal, JOURNAL_REC_MESSAGE, iov, (unsigned)n, &m->loc);
-	if (batch < 0) {
-		queue_remove(w->queue, m);
-		conn_store_refuse(w, c, SMTP_STORE_NOSPACE, "journal batch full");
+		conn_store_refuse(w, c, batch == -E2BIG ? SMTP_STORE_ERROR : SMTP_STORE_NOSPACE,
+				  batch == -E2BIG ? "envelope too large" : "queue or journal full");
 		return;
 	}
 	c->waiting = true;
@@ -578,6 +471,7 @@ worker_message_acked(struct worker *w, struct conn *c)
 	log_end(l);
 	w->stats.messages_accepted++;
 	w->stats.bytes_accepted += m->body_len;
+	out_schedule(w, m);
 	smtp_server_message_done(c->smtp, SMTP_STORE_OK, m->id_text);
 }
 
@@ -842,7 +736,13 @@ worker_on_accept(struct worker *w, unsigned listener, int res, unsigned flags)
 
 /* ---- receiving and sending --------------------------------------------------------- */
 
-static void
+const uint8_t *
+worker_buffer(const struct worker *w, unsigned bid)
+{
+	return w->bufs + (size_t)bid * WORKER_BUF_SIZE;
+}
+
+void
 worker_return_buffer(struct worker *w, unsigned bid)
 {
 	io_uring_buf_ring_add(w->buf_ring, w->bufs + (size_t)bid * WORKER_BUF_SIZE, WORKER_BUF_SIZE,
@@ -949,7 +849,8 @@ worker_on_tick(struct worker *w)
 		c->stash_len = 0;
 		conn_mark_dirty(w, c);
 	}
-	if (!(w->stopping && w->active == 0))
+	out_tick(w);
+	if (!(w->stopping && w->active == 0 && out_idle(w)))
 		worker_arm_tick(w);
 }
 
@@ -965,13 +866,14 @@ worker_stop(struct worker *w)
 		io_uring_prep_cancel64(sqe, ud_pack(OP_ACCEPT, 0, i), 0);
 		io_uring_sqe_set_data64(sqe, ud_pack(OP_CANCEL, 0, 0));
 	}
+	out_stop(w);
 	worker_on_tick(w);
 }
 
 static bool
 worker_finished(const struct worker *w)
 {
-	return w->stopping && w->active == 0 && w->waiter_count == 0 && !w->jw_busy &&
+	return w->stopping && w->active == 0 && out_idle(w) && w->waiter_count == 0 && !w->jw_busy &&
 	       !journal_batch_ready(w->journal);
 }
 
@@ -1121,6 +1023,11 @@ worker_dispatch(struct worker *w, const struct io_uring_cqe *cqe)
 	case OP_REFUSE_CLOSE:
 	case OP_CANCEL:
 		break;
+	case OP_OUT_CONNECT:
+	case OP_OUT_RECV:
+	case OP_OUT_SEND:
+		out_on_cqe(w, ud_op(ud), ud, cqe->res, cqe->flags);
+		break;
 	}
 }
 
@@ -1128,6 +1035,7 @@ worker_dispatch(struct worker *w, const struct io_uring_cqe *cqe)
 static void
 worker_end_turn(struct worker *w)
 {
+	out_dispatch(w);
 	worker_journal_submit(w);
 	for (unsigned i = 0; i < w->dirty_count; i++) {
 		struct conn *c = &w->conns[w->dirty[i]];
@@ -1153,6 +1061,7 @@ worker_loop(struct worker *w)
 			abort();
 		}
 		w->now_ms = clock_ms(CLOCK_MONOTONIC_COARSE);
+		w->wall_ms = clock_ms(CLOCK_REALTIME);
 		io_uring_for_each_cqe(&w->ring, head, cqe)
 		{
 			worker_dispatch(w, cqe);
@@ -1214,6 +1123,19 @@ worker_pin(struct worker *w)
 	pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
 }
 
+/* What the journal brought back goes out again (finished messages leave the queue). */
+static void
+worker_schedule_replayed(struct worker *w)
+{
+	struct queue_message *m = queue_next(w->queue, NULL);
+
+	while (m != NULL) {
+		struct queue_message *next = queue_next(w->queue, m);
+		out_schedule(w, m);
+		m = next;
+	}
+}
+
 static void *
 worker_main(void *arg)
 {
@@ -1232,6 +1154,8 @@ worker_main(void *arg)
 		return NULL;
 
 	w->now_ms = clock_ms(CLOCK_MONOTONIC_COARSE);
+	w->wall_ms = clock_ms(CLOCK_REALTIME);
+	worker_schedule_replayed(w);
 	for (unsigned i = 0; i < w->cfg->listen_count; i++)
 		worker_arm_accept(w, i);
 	worker_arm_tick(w);
@@ -1302,6 +1226,7 @@ worker_free(struct worker *w)
 		munmap(w->buf_ring, WORKER_BUF_COUNT * sizeof(struct io_uring_buf));
 	if (w->mailbox_fd >= 0)
 		close(w->mailbox_fd);
+	out_free(w);
 	journal_close(w->journal);
 	queue_free(w->queue);
 	free(w->bufs);
@@ -1375,7 +1300,7 @@ worker_new(unsigned index, const struct config *cfg, const struct policy *policy
 	memcpy(w->listen_fds, listen_fds, cfg->listen_count * sizeof(int));
 
 	w->queue = queue_new(index, cfg->queue_memory_limit / cfg->workers);
-	if (w->queue == NULL || !worker_alloc(w)) {
+	if (w->queue == NULL || !worker_alloc(w) || out_init(w) != 0) {
 		snprintf(err, err_len, "worker %u: out of memory", index);
 		goto fail;
 	}

@@ -1,0 +1,1066 @@
+/*
+ * worker_out.c -- outbound delivery inside a worker: scheduling queued recipients
+ * onto destinations, outbound connections driven by the pure smtp_client engine,
+ * per-recipient outcomes (journaled), retries and bounces.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/worker_impl.h"
+#include "queue/dsn.h"
+
+#define OUT_REPLY_TIMEOUT_MS (5 * 60 * 1000)	/* RFC 5321 §4.5.3.2: minutes per reply */
+#define OUT_RECORD_SCRATCH   (QUEUE_TEXT_MAX + 64 * 1024)
+
+static uint32_t
+oconn_slot(const struct worker *w, const struct oconn *oc)
+{
+	return (uint32_t)(oc - w->oconns);
+}
+
+static struct oconn *
+oconn_from(struct worker *w, uint64_t ud)
+{
+	uint32_t slot = ud_slot(ud);
+
+	assert(slot < OUT_CONN_MAX);
+	struct oconn *oc = &w->oconns[slot];
+	assert((oc->gen & 0xffffff) == ud_gen(ud));
+	return oc;
+}
+
+int
+out_init(struct worker *w)
+{
+	w->sched = sched_new();
+	w->oconns = calloc(OUT_CONN_MAX, sizeof(*w->oconns));
+	w->ofree = calloc(OUT_CONN_MAX, sizeof(unsigned));
+	if (w->sched == NULL || w->oconns == NULL || w->ofree == NULL)
+		return -ENOMEM;
+	for (unsigned i = 0; i < OUT_CONN_MAX; i++) {
+		w->oconns[i].fd = -1;
+		w->ofree[i] = OUT_CONN_MAX - 1 - i;
+	}
+	w->ofree_count = OUT_CONN_MAX;
+	return 0;
+}
+
+void
+out_free(struct worker *w)
+{
+	for (unsigned i = 0; w->oconns != NULL && i < OUT_CONN_MAX; i++) {
+		struct oconn *oc = &w->oconns[i];
+		if (oc->fd >= 0)
+			close(oc->fd);
+		smtp_client_free(oc->smtp);
+		free(oc->job);
+		free(oc->rcpts);
+		free(oc->body);
+		free(oc->stash);
+	}
+	sched_free(w->sched);
+	free(w->oconns);
+	free(w->ofree);
+}
+
+/* ---- outcomes ------------------------------------------------------------------------ */
+
+enum out_outcome {
+	OUT_DELIVERED,
+	OUT_DEFERRED,
+	OUT_BOUNCED,
+};
+
+static const char *const out_outcome_names[] = {"delivered", "deferred", "bounced"};
+
+static uint64_t
+out_retry_ms(const struct worker *w, uint32_t attempts)
+{
+	const struct config *cfg = w->cfg;
+	unsigned i = attempts == 0 ? 0 : attempts - 1;
+
+	if (cfg->queue_retry_count == 0)
+		return 60000;
+	if (i >= cfg->queue_retry_count)
+		i = cfg->queue_retry_count - 1;
+	return (uint64_t)cfg->queue_retry_s[i] * 1000;
+}
+
+static bool
+out_expired(const struct worker *w, const struct queue_message *m)
+{
+	return w->wall_ms > m->arrival_ms &&
+	       w->wall_ms - m->arrival_ms >= w->cfg->queue_max_lifetime_s * 1000;
+}
+
+struct out_result {
+	unsigned idx;		/* recipient index in the message */
+	unsigned code;
+	const char *status;	/* "5.1.1" */
+	const char *text;	/* the reply line(s) */
+	const char *relay;	/* the next hop's name (Remote-MTA), NULL when none was reached */
+};
+
+static void
+out_log_outcome(struct worker *w, const struct queue_message *m, const struct queue_rcpt *r,
+		enum out_outcome o, const struct out_result *res)
+{
+	struct log_line *l = log_begin(CONFIG_LOG_INFO, m->id_text, out_outcome_names[o]);
+
+	log_str(l, "to", r->address);
+	log_uint(l, "code", res->code);
+	log_str(l, "dsn", res->status);
+	log_str(l, "relay", res->relay);
+	log_str(l, "reply", res->text);
+	log_uint(l, "delay_s", (w->wall_ms - m->arrival_ms) / 1000);
+	log_uint(l, "attempt", r->attempts);
+	log_end(l);
+}
+
+/* Journals the outcome (no sync of its own: a crash may repeat a delivery, never lose one). */
+static void
+out_record(struct worker *w, const struct queue_message *m, enum journal_rec_type type,
+	   const unsigned *idx, unsigned n, uint32_t attempts, uint64_t next_ms, const char *error)
+{
+	uint8_t scratch[OUT_RECORD_SCRATCH];
+	struct iovec iov[2];
+
+	int k = queue_record_encode_outcome(m->id, type, idx, n, attempts, next_ms, error, scratch,
+					    sizeof(scratch), iov);
+	if (k > 0)
+		worker_journal_record(w, type, iov, (unsigned)k);
+}
+
+static enum out_outcome
+out_apply(struct worker *w, struct queue_message *m, const struct out_result *res)
+{
+	struct queue_rcpt *r = &m->rcpts[res->idx];
+	uint32_t attempts = r->attempts + 1;
+	char error[QUEUE_TEXT_MAX];
+	enum out_outcome o;
+
+	snprintf(error, sizeof(error), "%s", res->text);
+	if (res->code >= 200 && res->code < 300) {
+		o = OUT_DELIVERED;
+	} else if (res->code >= 500) {
+		o = OUT_BOUNCED;
+	} else if (out_expired(w, m)) {
+		o = OUT_BOUNCED;
+		snprintf(error, sizeof(error), "451 4.4.7 Message expired, last reply: %.900s",
+			 res->text);
+	} else {
+		o = OUT_DEFERRED;
+	}
+	static const enum queue_rcpt_state states[] = {QUEUE_RCPT_DELIVERED, QUEUE_RCPT_PENDING,
+						       QUEUE_RCPT_BOUNCED};
+	static const enum journal_rec_type types[] = {JOURNAL_REC_DELIVERED, JOURNAL_REC_DEFERRED,
+						      JOURNAL_REC_BOUNCED};
+	uint64_t next = o == OUT_DEFERRED ? w->wall_ms + out_retry_ms(w, attempts) : 0;
+	out_record(w, m, types[o], &res->idx, 1, attempts, next, error);
+	queue_rcpt_outcome(w->queue, m, res->idx, states[o], attempts, next, error);
+	out_log_outcome(w, m, r, o, res);
+	if (o == OUT_DEFERRED)
+		sched_wake(w->sched, m->id, next);
+	w->stats.rcpts_delivered += o == OUT_DELIVERED;
+	w->stats.rcpts_deferred += o == OUT_DEFERRED;
+	w->stats.rcpts_bounced += o == OUT_BOUNCED;
+	return o;
+}
+
+/* "550 5.1.1 text" -> "5.1.1"; else the class's generic status. */
+static void
+out_status_of(const char *error, char status[SMTP_CLIENT_STATUS_MAX])
+{
+	unsigned a, b, c;
+
+	if (sscanf(error, "%*3u %u.%u.%u", &a, &b, &c) == 3 && (a == 4 || a == 5) && b < 1000 &&
+	    c < 1000)
+		snprintf(status, SMTP_CLIENT_STATUS_MAX, "%u.%u.%u", a, b, c);
+	else
+		snprintf(status, SMTP_CLIENT_STATUS_MAX, "%c.0.0", error[0] == '4' ? '4' : '5');
+}
+
+/* The message bytes: in memory, or read back from the journal into *owned. */
+static const uint8_t *
+out_body(struct worker *w, const struct queue_message *m, uint8_t **owned)
+{
+	*owned = NULL;
+	if (m->body != NULL)
+		return m->body;
+	uint8_t *rec = malloc(m->loc.length);
+	if (rec == NULL || m->loc.length < m->body_len ||
+	    journal_read(w->journal, &m->loc, rec, m->loc.length) != 0) {
+		free(rec);
+		return NULL;
+	}
+	*owned = rec;
+	return rec + m->loc.length - m->body_len;
+}
+
+/*
+ * Sends a delivery status notification for the bounced recipients to the sender,
+ * as a new message from <> (RFC 3464). A bounce is never bounced: a message from
+ * <> that fails is logged as a double bounce and dropped.
+ */
+static void
+out_bounce(struct worker *w, const struct queue_message *m, const struct dsn_rcpt *rcpts,
+	   unsigned n)
+{
+	if (!dsn_should_bounce(m->sender)) {
+		struct log_line *l = log_begin(CONFIG_LOG_WARNING, m->id_text, "double-bounce");
+		log_uint(l, "rcpts", n);
+		log_end(l);
+		return;
+	}
+	uint8_t *owned;
+	const uint8_t *body = out_body(w, m, &owned);
+	struct strbuf sb;
+	strbuf_init(&sb, DSN_OUTPUT_MAX);
+	struct dsn_report rep = {
+		.hostname = w->cfg->hostname,
+		.queue_id = m->id_text,
+		.sender = m->sender,
+		.arrival = (time_t)(m->arrival_ms / 1000),
+		.date = (time_t)(w->wall_ms / 1000),
+		.seq = w->dsn_seq++,
+		.ret = DSN_RET_HDRS,
+		.message = body != NULL ? (const char *)body : "",
+		.message_len = body != NULL ? m->body_len : 0,
+		.rcpts = rcpts,
+		.rcpt_count = n,
+	};
+	int r = dsn_build(&sb, &rep);
+	free(owned);
+	if (r != 0) {
+		log_msg(CONFIG_LOG_ERROR, "%s: cannot build the bounce: %s", m->id_text,
+			strerror(-r));
+		strbuf_free(&sb);
+		return;
+	}
+	char id_text[QUEUE_ID_LEN + 1];
+	uint64_t id = queue_next_id(w->queue, w->wall_ms * 1000, id_text);
+	const char *rcpt = m->sender, *params = "";
+	struct queue_envelope qe = {
+		.sender = "",
+		.sender_params = "",
+		.rcpt_addresses = &rcpt,
+		.rcpt_params = &params,
+		.rcpt_count = 1,
+		.origin = {.client_addr = "127.0.0.1", .client_name = w->cfg->hostname,
+			   .protocol = "local", .tls_version = "", .auth_user = ""},
+		.arrival_ms = w->wall_ms,
+	};
+	int64_t batch;
+	struct queue_message *b =
+		worker_store_message(w, id, &qe, (const uint8_t *)sb.data, sb.len, &batch);
+	strbuf_free(&sb);
+	struct log_line *l = log_begin(CONFIG_LOG_INFO, m->id_text, "bounce");
+	log_str(l, "dsn_id", b != NULL ? id_text : "none (queue full)");
+	log_str(l, "to", m->sender);
+	log_uint(l, "rcpts", n);
+	log_end(l);
+	if (b != NULL)
+		out_schedule(w, b);
+}
+
+/* A message with no pending recipient leaves the queue (and, by its DELETED record, the journal). */
+static void
+out_finish(struct worker *w, struct queue_message *m)
+{
+	uint8_t rec[64];
+	struct iovec iov[2];
+
+	if (!queue_message_finished(m))
+		return;
+	int k = queue_record_encode_deleted(m->id, rec, sizeof(rec), iov);
+	if (k > 0)
+		worker_journal_record(w, JOURNAL_REC_DELETED, iov, (unsigned)k);
+	queue_remove(w->queue, m);
+}
+
+/* Applies one result per recipient of a job, bounces what failed, finishes the message. */
+static void
+out_results(struct worker *w, struct queue_message *m, const struct out_result *res,
+	    unsigned n)
+{
+	struct dsn_rcpt *bounced = calloc(n, sizeof(*bounced));
+	char(*status)[SMTP_CLIENT_STATUS_MAX] = calloc(n, sizeof(*status));
+	unsigned nb = 0;
+
+	for (unsigned i = 0; i < n; i++) {
+		if (out_apply(w, m, &res[i]) != OUT_BOUNCED || bounced == NULL || status == NULL)
+			continue;
+		const struct queue_rcpt *r = &m->rcpts[res[i].idx];
+		out_status_of(r->last_error, status[nb]);
+		bounced[nb] = (struct dsn_rcpt){
+			.final_recipient = r->address,
+			.action = DSN_ACTION_FAILED,
+			.status = status[nb],
+			.remote_mta = res[i].relay,
+			.diagnostic = r->last_error,
+			.last_attempt = (time_t)(w->wall_ms / 1000),
+		};
+		nb++;
+	}
+	if (nb > 0)
+		out_bounce(w, m, bounced, nb);
+	free(bounced);
+	free(status);
+	out_finish(w, m);
+}
+
+/* ---- scheduling ---------------------------------------------------------------------- */
+
+static const char *
+out_domain_of(const char *address)
+{
+	const char *at = strrchr(address, '@');
+
+	return at != NULL ? at + 1 : "";
+}
+
+/* Every pending recipient past its lifetime bounces with 4.4.7, without an attempt. */
+static void
+out_expire(struct worker *w, struct queue_message *m)
+{
+	struct out_result *res = calloc(m->rcpt_count, sizeof(*res));
+	unsigned n = 0;
+
+	if (res == NULL)
+		return;
+	for (unsigned i = 0; i < m->rcpt_count; i++) {
+		const struct queue_rcpt *r = &m->rcpts[i];
+		if (r->state != QUEUE_RCPT_PENDING || r->next_attempt_ms == QUEUE_IN_FLIGHT)
+			continue;
+		res[n++] = (struct out_result){
+			.idx = i,
+			.code = 451,
+			.status = "4.4.7",
+			.text = r->last_error != NULL ? r->last_error : "451 4.4.7 never attempted",
+		};
+	}
+	out_results(w, m, res, n);
+	free(res);
+}
+
+/*
+ * Puts the message's due recipients on their destinations' queues, one job per
+ * destination, and asks to be woken for the ones due later.
+ */
+void
+out_schedule(struct worker *w, struct queue_message *m)
+{
+	unsigned *idx = calloc(m->rcpt_count, sizeof(unsigned));
+	bool *taken = calloc(m->rcpt_count, sizeof(bool));
+	uint64_t later = UINT64_MAX;
+
+	if (queue_message_finished(m)) {
+		out_finish(w, m);
+		goto out;
+	}
+	if (idx == NULL || taken == NULL || m->held)
+		goto out;
+	if (out_expired(w, m)) {
+		out_expire(w, m);
+		goto out;
+	}
+	for (unsigned i = 0; i < m->rcpt_count; i++) {
+		struct queue_rcpt *r = &m->rcpts[i];
+		if (taken[i] || r->state != QUEUE_RCPT_PENDING || r->next_attempt_ms == QUEUE_IN_FLIGHT)
+			continue;
+		if (r->next_attempt_ms > w->wall_ms) {
+			later = r->next_attempt_ms < later ? r->next_attempt_ms : later;
+			continue;
+		}
+		struct sched_route route, other;
+		sched_route_for(w->cfg, out_domain_of(r->address), &route);
+		unsigned n = 0;
+		for (unsigned k = i; k < m->rcpt_count; k++) {
+			struct queue_rcpt *rk = &m->rcpts[k];
+			if (taken[k] || rk->state != QUEUE_RCPT_PENDING ||
+			    rk->next_attempt_ms == QUEUE_IN_FLIGHT || rk->next_attempt_ms > w->wall_ms)
+				continue;
+			sched_route_for(w->cfg, out_domain_of(rk->address), &other);
+			if (strcmp(route.key, other.key) == 0) {
+				idx[n++] = k;
+				taken[k] = true;
+			}
+		}
+		struct sched_dest *d = sched_dest(w->sched, &route);
+		if (d == NULL || sched_job_add(w->sched, d, m->id, idx, n) != 0) {
+			/* no room for another destination now: try again in a minute */
+			later = w->wall_ms + 60000 < later ? w->wall_ms + 60000 : later;
+			continue;
+		}
+		for (unsigned k = 0; k < n; k++)
+			m->rcpts[idx[k]].next_attempt_ms = QUEUE_IN_FLIGHT;
+	}
+	if (later != UINT64_MAX)
+		sched_wake(w->sched, m->id, later);
+out:
+	free(idx);
+	free(taken);
+}
+
+/* The rest of a job that will not be tried now: deferred with reason, attempt counted. */
+static void
+out_defer_job(struct worker *w, struct sched_job *job, unsigned code, const char *text,
+	      const char *relay)
+{
+	struct queue_message *m = queue_find(w->queue, job->id);
+
+	if (m != NULL) {
+		struct out_result *res = calloc(job->rcpt_count, sizeof(*res));
+		if (res != NULL) {
+			for (unsigned i = 0; i < job->rcpt_count; i++) {
+				m->rcpts[job->rcpt[i]].next_attempt_ms = 0;
+				res[i] = (struct out_result){.idx = job->rcpt[i], .code = code,
+							     .text = text, .relay = relay};
+			}
+			out_results(w, m, res, job->rcpt_count);
+			free(res);
+		}
+	}
+	free(job);
+}
+
+static void
+out_defer_dest(struct worker *w, struct sched_dest *d, unsigned code, const char *text,
+	       const char *relay)
+{
+	struct sched_job *job;
+
+	while ((job = sched_job_take(d)) != NULL)
+		out_defer_job(w, job, code, text, relay);
+}
+
+void
+out_flush_queue(struct worker *w)
+{
+	for (struct queue_message *m = queue_next(w->queue, NULL); m != NULL;
+	     m = queue_next(w->queue, m)) {
+		for (unsigned i = 0; i < m->rcpt_count; i++) {
+			if (m->rcpts[i].next_attempt_ms != QUEUE_IN_FLIGHT)
+				m->rcpts[i].next_attempt_ms = 0;
+		}
+		sched_wake(w->sched, m->id, 0);
+	}
+	/* destinations marked down are given another chance now too */
+}
+
+/* ringmxctl delete: refused while a recipient is in a transaction (its body is in use). */
+int
+out_delete(struct worker *w, struct queue_message *m)
+{
+	uint8_t rec[64];
+	struct iovec iov[2];
+
+	for (unsigned i = 0; i < m->rcpt_count; i++) {
+		if (m->rcpts[i].next_attempt_ms == QUEUE_IN_FLIGHT)
+			return -EBUSY;
+	}
+	int k = queue_record_encode_deleted(m->id, rec, sizeof(rec), iov);
+	if (k > 0)
+		worker_journal_record(w, JOURNAL_REC_DELETED, iov, (unsigned)k);
+	queue_remove(w->queue, m);
+	return 0;
+}
+
+/* ---- connections --------------------------------------------------------------------- */
+
+static void out_event(struct worker *w, struct oconn *oc, const struct smtp_client_event *ev);
+static void out_flush(struct worker *w, struct oconn *oc);
+
+static void
+oconn_release(struct worker *w, struct oconn *oc)
+{
+	assert(oc->inflight == 0);
+	assert(oc->job == NULL);
+	smtp_client_free(oc->smtp);
+	free(oc->rcpts);
+	free(oc->body);
+	free(oc->stash);
+	uint32_t gen = oc->gen + 1;
+	*oc = (struct oconn){.fd = -1, .gen = gen};
+	w->ofree[w->ofree_count++] = oconn_slot(w, oc);
+}
+
+static void
+oconn_unidle(struct oconn *oc)
+{
+	struct oconn **pp = (struct oconn **)&oc->dest->idle;
+
+	for (; *pp != NULL; pp = &(*pp)->next_idle) {
+		if (*pp == oc) {
+			*pp = oc->next_idle;
+			break;
+		}
+	}
+	oc->next_idle = NULL;
+}
+
+/* Closes the connection; a job still on it goes back as deferred with `text`. */
+static void
+oconn_close(struct worker *w, struct oconn *oc, const char *text)
+{
+	if (oc->closing)
+		return;
+	oc->closing = true;
+	oconn_unidle(oc);
+	if (oc->job != NULL) {
+		out_defer_job(w, oc->job, 451, text, oc->peer_text);
+		oc->job = NULL;
+	}
+	if (oc->fd >= 0) {
+		shutdown(oc->fd, SHUT_RDWR);
+		close(oc->fd);
+		oc->fd = -1;
+	}
+	struct sched_dest *d = oc->dest;
+	d->active--;
+	if (!oc->session_ok)
+		d->opening--;
+	if (d->jobs > 0)
+		sched_runnable_put(w->sched, d);
+	if (oc->inflight == 0)
+		oconn_release(w, oc);
+}
+
+static void
+oconn_op_done(struct worker *w, struct oconn *oc)
+{
+	assert(oc->inflight > 0);
+	if (--oc->inflight == 0 && oc->closing)
+		oconn_release(w, oc);
+}
+
+static void
+out_arm_recv(struct worker *w, struct oconn *oc)
+{
+	struct io_uring_sqe *sqe = worker_sqe(w);
+
+	io_uring_prep_recv_multishot(sqe, oc->fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = WORKER_BUF_GROUP;
+	io_uring_sqe_set_data64(sqe, ud_pack(OP_OUT_RECV, oc->gen, oconn_slot(w, oc)));
+	oc->recv_armed = true;
+	oc->inflight++;
+}
+
+static void
+out_peer_text(const struct sockaddr_storage *ss, char *buf, size_t cap)
+{
+	char a[INET6_ADDRSTRLEN];
+	const void *p = ss->ss_family == AF_INET6
+				? (const void *)&((const struct sockaddr_in6 *)ss)->sin6_addr
+				: (const void *)&((const struct sockaddr_in *)ss)->sin_addr;
+	uint16_t port = ntohs(ss->ss_family == AF_INET6 ? ((const struct sockaddr_in6 *)ss)->sin6_port
+						       : ((const struct sockaddr_in *)ss)->sin_port);
+
+	if (inet_ntop(ss->ss_family, p, a, sizeof(a)) == NULL)
+		snprintf(a, sizeof(a), "?");
+	snprintf(buf, cap, ss->ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", a, port);
+}
+
+/* Connects to the next address of the connection; false when none is left. */
+static bool
+out_connect(struct worker *w, struct oconn *oc)
+{
+	while (oc->addr_next < oc->addr_count) {
+		const struct sockaddr_storage *ss = &oc->addrs[oc->addr_next++];
+		int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		if (fd < 0)
+			continue;
+		int one = 1;
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		oc->fd = fd;
+		oc->connecting = true;
+		out_peer_text(ss, oc->peer_text, sizeof(oc->peer_text));
+		struct io_uring_sqe *sqe = worker_sqe(w);
+		io_uring_prep_connect(sqe, fd, (const struct sockaddr *)ss,
+				      ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+								: sizeof(struct sockaddr_in));
+		io_uring_sqe_set_data64(sqe, ud_pack(OP_OUT_CONNECT, oc->gen, oconn_slot(w, oc)));
+		oc->inflight++;
+		oc->deadline_ms = w->now_ms + OUT_CONNECT_TIMEOUT_MS;
+		return true;
+	}
+	return false;
+}
+
+/* The route's host as an address, when it is one ("[192.0.2.1]", "192.0.2.1", "[IPv6:…]"). */
+static bool
+out_literal(const struct sched_route *r, uint16_t port, struct sockaddr_storage *ss)
+{
+	char host[CONFIG_DOMAIN_LEN + 1];
+	const char *h = r->host;
+	size_t len = strlen(h);
+
+	if (len >= 2 && h[0] == '[' && h[len - 1] == ']') {
+		h++;
+		len -= 2;
+	}
+	if (len >= 5 && strncasecmp(h, "IPv6:", 5) == 0) {
+		h += 5;
+		len -= 5;
+	}
+	snprintf(host, sizeof(host), "%.*s", (int)len, h);
+	memset(ss, 0, sizeof(*ss));
+	struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+	struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
+	if (inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
+		sin->sin_family = AF_INET;
+		sin->sin_port = htons(port);
+		return true;
+	}
+	if (inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1) {
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = htons(port);
+		return true;
+	}
+	return false;
+}
+
+/* Opens one more connection to d; false when the destination can't be reached now. */
+static bool
+out_open(struct worker *w, struct sched_dest *d)
+{
+	struct oconn *oc = &w->oconns[w->ofree[--w->ofree_count]];
+	const struct config *cfg = w->cfg;
+
+	assert(!oc->used);
+	oc->used = true;
+	oc->dest = d;
+	oc->started_ms = w->now_ms;
+	d->active++;
+	d->opening++;
+	struct smtp_client_params p = {
+		.helo_name = cfg->hostname,
+		.tls_mode = SMTP_CLIENT_TLS_NONE,	/* STARTTLS comes with the TLS issue */
+		.reply_line_max = SMTP_CLIENT_REPLY_LINE_CAP,
+		.reply_lines_max = 100,
+		.rcpt_count_max = cfg->limits_max_recipients,
+	};
+	oc->smtp = smtp_client_new(&p);
+	if (oc->smtp == NULL) {
+		oconn_close(w, oc, "451 4.3.0 out of memory");
+		return false;
+	}
+	if (d->route.kind != CONFIG_ROUTE_HOST || !out_literal(&d->route, d->route.port, &oc->addrs[0])) {
+		oconn_close(w, oc, "451 4.4.3 MX and host-name routes need DNS, not built in yet");
+		sched_dest_failed(d, w->now_ms);
+		out_defer_dest(w, d, 451, "451 4.4.3 MX and host-name routes need DNS, not built in yet", NULL);
+		return false;
+	}
+	oc->addr_count = 1;
+	return out_connect(w, oc);
+}
+
+/* A connection attempt or a session that failed before any transaction: next address, or down. */
+static void
+out_conn_failed(struct worker *w, struct oconn *oc, const char *why)
+{
+	char text[SMTP_CLIENT_REPLY_TEXT_MAX + 64];
+	struct sched_dest *d = oc->dest;
+
+	snprintf(text, sizeof(text), "451 4.4.1 %s: %s", oc->peer_text, why);
+	if (oc->fd >= 0) {
+		close(oc->fd);
+		oc->fd = -1;
+	}
+	oc->connecting = false;
+	if (!oc->session_ok && oc->job == NULL && out_connect(w, oc))
+		return;
+	struct log_line *l = log_begin(CONFIG_LOG_WARNING, NULL, "destination-failed");
+	log_str(l, "dest", d->route.key);
+	log_str(l, "reason", text);
+	log_end(l);
+	if (!oc->session_ok && d->active == 1) {
+		/* the last way in failed: the destination rests, and its queue is deferred */
+		sched_dest_failed(d, w->now_ms);
+		out_defer_dest(w, d, 451, text, NULL);
+	}
+	oconn_close(w, oc, text);
+}
+
+static void
+out_feed(struct worker *w, struct oconn *oc, const uint8_t *in, size_t len)
+{
+	while (len > 0 && !oc->closing) {
+		struct smtp_client_event ev;
+		if (smtp_client_output_pending(oc->smtp)) {
+			/* replies wait until what they answer has been sent */
+			if (oc->stash_len + len > OUT_STASH_MAX) {
+				oconn_close(w, oc, "451 4.4.2 peer sent too much ahead");
+				return;
+			}
+			uint8_t *p = realloc(oc->stash, oc->stash_len + len);
+			if (p == NULL) {
+				oconn_close(w, oc, "451 4.3.0 out of memory");
+				return;
+			}
+			memcpy(p + oc->stash_len, in, len);
+			oc->stash = p;
+			oc->stash_len += len;
+			return;
+		}
+		size_t used = smtp_client_feed(oc->smtp, in, len, &ev);
+		in += used;
+		len -= used;
+		if (ev.type != SMTP_CLIENT_EV_NONE)
+			out_event(w, oc, &ev);
+		else if (used == 0)
+			break;
+	}
+	if (!oc->closing)
+		out_flush(w, oc);
+}
+
+static void
+out_flush(struct worker *w, struct oconn *oc)
+{
+	if (oc->send_busy || oc->fd < 0 || oc->connecting || !smtp_client_output_pending(oc->smtp))
+		return;
+	unsigned n = smtp_client_output(oc->smtp, oc->iov, OUT_IOV_MAX);
+	oc->mh = (struct msghdr){.msg_iov = oc->iov, .msg_iovlen = n};
+	struct io_uring_sqe *sqe = worker_sqe(w);
+	io_uring_prep_sendmsg(sqe, oc->fd, &oc->mh, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, ud_pack(OP_OUT_SEND, oc->gen, oconn_slot(w, oc)));
+	oc->send_busy = true;
+	oc->inflight++;
+	oc->deadline_ms = w->now_ms + OUT_REPLY_TIMEOUT_MS;
+}
+
+static void
+out_on_send(struct worker *w, struct oconn *oc, int res)
+{
+	oc->send_busy = false;
+	if (oc->closing)
+		return;
+	if (res < 0) {
+		struct smtp_client_event ev;
+		smtp_client_abort(oc->smtp, SMTP_CLIENT_ABORT_LOST, &ev);
+		out_event(w, oc, &ev);
+		return;
+	}
+	smtp_client_output_consume(oc->smtp, (size_t)res);
+	if (!smtp_client_output_pending(oc->smtp) && oc->stash_len > 0) {
+		uint8_t *held = oc->stash;
+		size_t len = oc->stash_len;
+		oc->stash = NULL;
+		oc->stash_len = 0;
+		out_feed(w, oc, held, len);
+		free(held);
+		return;
+	}
+	out_flush(w, oc);
+}
+
+static void
+out_on_connect(struct worker *w, struct oconn *oc, int res)
+{
+	if (oc->closing)
+		return;
+	oc->connecting = false;
+	if (res < 0) {
+		out_conn_failed(w, oc, strerror(-res));
+		return;
+	}
+	oc->deadline_ms = w->now_ms + OUT_REPLY_TIMEOUT_MS;
+	out_arm_recv(w, oc);
+}
+
+static void
+out_on_recv(struct worker *w, struct oconn *oc, int res, unsigned flags)
+{
+	if (flags & IORING_CQE_F_BUFFER) {
+		unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
+		if (res > 0 && !oc->closing)
+			out_feed(w, oc, worker_buffer(w, bid), (size_t)res);
+		worker_return_buffer(w, bid);
+	}
+	if (flags & IORING_CQE_F_MORE)
+		return;
+	oc->recv_armed = false;
+	if (!oc->closing) {
+		if (res == -ENOBUFS) {
+			out_arm_recv(w, oc);
+		} else {
+			struct smtp_client_event ev;
+			smtp_client_abort(oc->smtp, SMTP_CLIENT_ABORT_LOST, &ev);
+			out_event(w, oc, &ev);
+		}
+	}
+}
+
+void
+out_on_cqe(struct worker *w, enum worker_op op, uint64_t ud, int res, unsigned flags)
+{
+	struct oconn *oc = oconn_from(w, ud);
+
+	switch (op) {
+	case OP_OUT_CONNECT:
+		out_on_connect(w, oc, res);
+		break;
+	case OP_OUT_RECV:
+		out_on_recv(w, oc, res, flags);
+		if (flags & IORING_CQE_F_MORE)
+			return;
+		break;
+	case OP_OUT_SEND:
+		out_on_send(w, oc, res);
+		break;
+	default:
+		assert(!"not an outbound operation");
+	}
+	oconn_op_done(w, oc);
+}
+
+/* ---- transactions -------------------------------------------------------------------- */
+
+static void out_next(struct worker *w, struct oconn *oc);
+
+/* The results of the connection's job, as the engine gives them. */
+static void
+out_job_done(struct worker *w, struct oconn *oc, const struct smtp_client_reply *results,
+	     unsigned n)
+{
+	struct sched_job *job = oc->job;
+	struct queue_message *m = queue_find(w->queue, job->id);
+	struct out_result *res = calloc(job->rcpt_count, sizeof(*res));
+	const char *relay = oc->dest->route.host;
+
+	assert(n == job->rcpt_count);
+	oc->job = NULL;
+	free(oc->body);
+	oc->body = NULL;
+	if (m != NULL && res != NULL) {
+		for (unsigned i = 0; i < n; i++) {
+			m->rcpts[job->rcpt[i]].next_attempt_ms = 0;
+			res[i] = (struct out_result){.idx = job->rcpt[i],
+						     .code = results[i].code,
+						     .status = results[i].status,
+						     .text = results[i].text,
+						     .relay = relay};
+		}
+		out_results(w, m, res, n);
+	}
+	free(res);
+	free(job);
+	oc->messages++;
+}
+
+static void
+out_event(struct worker *w, struct oconn *oc, const struct smtp_client_event *ev)
+{
+	switch (ev->type) {
+	case SMTP_CLIENT_EV_READY:
+		oc->session_ok = true;
+		oc->dest->opening--;
+		sched_dest_ok(oc->dest);
+		out_next(w, oc);
+		break;
+	case SMTP_CLIENT_EV_TXN_DONE:
+		out_job_done(w, oc, ev->results, ev->rcpt_count);
+		out_next(w, oc);
+		break;
+	case SMTP_CLIENT_EV_FAILED:
+		if (oc->job != NULL && ev->results != NULL) {
+			out_job_done(w, oc, ev->results, ev->rcpt_count);
+		} else if (!oc->session_ok) {
+			out_conn_failed(w, oc, ev->reply != NULL ? ev->reply->text : "failed");
+			return;
+		}
+		oconn_close(w, oc, ev->reply != NULL ? ev->reply->text : "451 4.4.2 failed");
+		break;
+	case SMTP_CLIENT_EV_CLOSED:
+		oconn_close(w, oc, "451 4.4.2 closed");
+		break;
+	case SMTP_CLIENT_EV_STARTTLS:
+		/* tls_mode is none until TLS lands: the engine never asks */
+		oconn_close(w, oc, "451 4.7.5 TLS is not available");
+		break;
+	case SMTP_CLIENT_EV_NONE:
+		break;
+	}
+}
+
+/* Starts the job on the connection; false when it could not be sent (it is then finished). */
+static bool
+out_start(struct worker *w, struct oconn *oc, struct sched_job *job)
+{
+	struct queue_message *m = queue_find(w->queue, job->id);
+	struct smtp_client_event ev = {0};
+
+	oc->job = job;
+	if (m == NULL) {	/* deleted meanwhile */
+		free(job);
+		oc->job = NULL;
+		return false;
+	}
+	const uint8_t *body = out_body(w, m, &oc->body);
+	struct smtp_client_rcpt *rc = realloc(oc->rcpts, job->rcpt_count * sizeof(*rc));
+	if (body == NULL || rc == NULL) {
+		out_defer_job(w, job, 451, "451 4.3.0 cannot read the message back", NULL);
+		oc->job = NULL;
+		return false;
+	}
+	oc->rcpts = rc;
+	for (unsigned i = 0; i < job->rcpt_count; i++)
+		rc[i] = (struct smtp_client_rcpt){.address = m->rcpts[job->rcpt[i]].address};
+	struct smtp_client_txn t = {
+		.sender = m->sender,
+		.rcpts = rc,
+		.rcpt_count = job->rcpt_count,
+		.body = body,
+		.body_len = m->body_len,
+		.body_8bit = strstr(m->sender_params, "8BITMIME") != NULL,
+		.smtputf8 = strstr(m->sender_params, "SMTPUTF8") != NULL,
+	};
+	int r = smtp_client_send(oc->smtp, &t, &ev);
+	if (r != 0) {
+		char text[128];
+		snprintf(text, sizeof(text), "554 5.3.0 cannot send this message: %s", strerror(-r));
+		struct smtp_client_reply *fail = calloc(job->rcpt_count, sizeof(*fail));
+		for (unsigned i = 0; fail != NULL && i < job->rcpt_count; i++) {
+			fail[i].code = 554;
+			snprintf(fail[i].status, sizeof(fail[i].status), "5.3.0");
+			snprintf(fail[i].text, sizeof(fail[i].text), "%s", text);
+		}
+		if (fail != NULL)
+			out_job_done(w, oc, fail, job->rcpt_count);
+		free(fail);
+		return false;
+	}
+	if (ev.type == SMTP_CLIENT_EV_TXN_DONE) {
+		out_job_done(w, oc, ev.results, ev.rcpt_count);
+		return false;
+	}
+	out_flush(w, oc);
+	return true;
+}
+
+static void
+out_quit(struct worker *w, struct oconn *oc)
+{
+	oconn_unidle(oc);
+	oc->deadline_ms = w->now_ms + OUT_REPLY_TIMEOUT_MS;
+	if (smtp_client_quit(oc->smtp) == 0)
+		out_flush(w, oc);
+	else
+		oconn_close(w, oc, "451 4.4.2 closed");
+}
+
+/* The connection is ready: the next job of its destination, else idle (or QUIT). */
+static void
+out_next(struct worker *w, struct oconn *oc)
+{
+	struct sched_dest *d = oc->dest;
+
+	while (oc->messages < w->cfg->outbound_max_messages_per_connection && !w->stopping) {
+		struct sched_job *job = sched_job_take(d);
+		if (job == NULL) {
+			oc->next_idle = d->idle;
+			d->idle = oc;
+			oc->deadline_ms = w->now_ms + OUT_IDLE_MS;
+			return;
+		}
+		if (out_start(w, oc, job))
+			return;
+	}
+	out_quit(w, oc);
+}
+
+/* End of a turn: runnable destinations get idle connections, then new ones. */
+void
+out_dispatch(struct worker *w)
+{
+	struct sched_dest *d;
+
+	while ((d = sched_runnable_take(w->sched)) != NULL) {
+		if (d->jobs == 0)
+			continue;
+		if (sched_dest_down(d, w->now_ms)) {
+			out_defer_dest(w, d, 451, "451 4.4.1 destination is not responding, deferred",
+				       NULL);
+			continue;
+		}
+		while (d->jobs > 0 && d->idle != NULL) {
+			struct oconn *oc = d->idle;
+			d->idle = oc->next_idle;
+			oc->next_idle = NULL;
+			out_next(w, oc);
+		}
+		while (d->jobs > d->opening &&
+		       d->active < w->cfg->outbound_max_connections_per_destination &&
+		       w->ofree_count > 0 && !w->stopping) {
+			if (!out_open(w, d))
+				break;
+		}
+	}
+}
+
+/* ---- time ---------------------------------------------------------------------------- */
+
+static void
+out_expire_conn(struct worker *w, struct oconn *oc)
+{
+	struct smtp_client_event ev;
+
+	if (oc->connecting) {
+		out_conn_failed(w, oc, "connection timed out");
+	} else if (oc->job == NULL && smtp_client_state(oc->smtp) == SMTP_CLIENT_READY) {
+		out_quit(w, oc);	/* idle for OUT_IDLE_MS */
+	} else {
+		smtp_client_abort(oc->smtp, SMTP_CLIENT_ABORT_TIMEOUT, &ev);
+		out_event(w, oc, &ev);
+		if (!oc->closing)
+			oconn_close(w, oc, "451 4.4.2 timed out");
+	}
+}
+
+void
+out_tick(struct worker *w)
+{
+	uint64_t ids[OUT_DUE_BATCH];
+	size_t n;
+
+	do {
+		n = sched_due(w->sched, w->wall_ms, ids, OUT_DUE_BATCH);
+		for (size_t i = 0; i < n; i++) {
+			struct queue_message *m = queue_find(w->queue, ids[i]);
+			if (m != NULL)
+				out_schedule(w, m);
+		}
+	} while (n == OUT_DUE_BATCH);
+	for (unsigned i = 0; i < OUT_CONN_MAX; i++) {
+		struct oconn *oc = &w->oconns[i];
+		if (oc->used && !oc->closing && w->now_ms >= oc->deadline_ms)
+			out_expire_conn(w, oc);
+	}
+}
+
+/* On stop: idle connections say QUIT now; busy ones do after their transaction. */
+void
+out_stop(struct worker *w)
+{
+	for (unsigned i = 0; i < OUT_CONN_MAX; i++) {
+		struct oconn *oc = &w->oconns[i];
+		if (oc->used && !oc->closing && oc->job == NULL &&
+		    smtp_client_state(oc->smtp) == SMTP_CLIENT_READY)
+			out_quit(w, oc);
+	}
+}
+
+bool
+out_idle(const struct worker *w)
+{
+	return w->ofree_count == OUT_CONN_MAX;
+}
