@@ -202,6 +202,28 @@ control_stats_text(struct strbuf *sb, const struct control_stats *s, bool json)
 		strbuf_puts(sb, "}\n");
 }
 
+/* The commands that act on one message named by its queue id. */
+static bool
+control_message_cmd(const char *cmd, enum control_cmd *out)
+{
+	static const struct {
+		const char *name;
+		enum control_cmd cmd;
+	} table[] = {
+		{"delete", CONTROL_DELETE},
+		{"hold", CONTROL_HOLD},
+		{"release", CONTROL_RELEASE},
+	};
+
+	for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++) {
+		if (strcmp(cmd, table[i].name) == 0) {
+			*out = table[i].cmd;
+			return true;
+		}
+	}
+	return false;
+}
+
 /* Runs one command line; fills reply (status line included). */
 static void
 control_run(char *line, struct strbuf *reply, struct worker **workers, unsigned n)
@@ -226,6 +248,19 @@ control_run(char *line, struct strbuf *reply, struct worker **workers, unsigned 
 		control_fan_out(&r, workers, n);
 		strbuf_puts(reply, "ok\n");
 		control_stats_text(reply, &r.stats, r.json);
+	} else if (strcmp(cmd, "flush") == 0) {
+		r.cmd = CONTROL_FLUSH;
+		control_fan_out(&r, workers, n);
+		strbuf_puts(reply, "ok\n");
+	} else if (control_message_cmd(cmd, &r.cmd) && arg != NULL) {
+		snprintf(r.arg, sizeof(r.arg), "%s", arg);
+		control_fan_out(&r, workers, n);
+		if (!r.found)
+			strbuf_printf(reply, "error no such message: %s\n", arg);
+		else if (r.error == -EBUSY)
+			strbuf_printf(reply, "error %s is being delivered right now: try again\n", arg);
+		else
+			strbuf_puts(reply, "ok\n");
 	} else if (strcmp(cmd, "show") == 0 && arg != NULL) {
 		r.cmd = CONTROL_SHOW;
 		snprintf(r.arg, sizeof(r.arg), "%s", arg);
@@ -237,7 +272,10 @@ control_run(char *line, struct strbuf *reply, struct worker **workers, unsigned 
 			strbuf_printf(reply, "error no such message: %s\n", arg);
 		}
 	} else {
-		strbuf_printf(reply, "error unknown command \"%s\" (try: queue, show ID, stats)\n", cmd);
+		strbuf_printf(reply,
+			      "error unknown command \"%s\" (try: queue, show ID, stats, flush, delete ID, "
+			      "hold ID, release ID)\n",
+			      cmd);
 	}
 	if (r.out.overflow || reply->overflow) {
 		strbuf_free(reply);

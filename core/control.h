@@ -22,6 +22,10 @@ enum control_cmd {
 	CONTROL_QUEUE,		/* one line (or JSON object) per queued message */
 	CONTROL_SHOW,		/* the stored message `arg` (envelope and bytes) */
 	CONTROL_STATS,		/* counters: fills `stats` */
+	CONTROL_FLUSH,		/* every deferred recipient is due now */
+	CONTROL_DELETE,		/* remove message `arg` (no bounce) */
+	CONTROL_HOLD,		/* message `arg` is not delivered until released */
+	CONTROL_RELEASE,
 	CONTROL_RELOAD,		/* use `policy` from now on (SIGHUP) */
 	CONTROL_STOP,		/* graceful stop: stop accepting, finish, exit the loop */
 };
@@ -47,7 +51,8 @@ struct control_request {
 	pthread_mutex_t lock;
 	pthread_cond_t done;
 	unsigned pending;		/* workers still to answer */
-	bool found;			/* CONTROL_SHOW: some worker had it */
+	bool found;			/* SHOW, DELETE, HOLD, RELEASE: some worker had it */
+	int error;			/* DELETE: -EBUSY while the message is in a transaction */
 	unsigned items;			/* CONTROL_QUEUE: entries appended (for JSON commas) */
 	struct strbuf out;
 	struct control_stats stats;	/* summed over workers */

@@ -945,6 +945,29 @@ worker_show(struct worker *w, struct control_request *r)
 }
 
 static void
+worker_message_cmd(struct worker *w, struct control_request *r)
+{
+	struct queue_message *m = queue_find(w->queue, strtoull(r->arg, NULL, 16));
+
+	if (m == NULL)
+		return;
+	r->found = true;
+	if (r->cmd == CONTROL_DELETE) {
+		r->error = out_delete(w, m);
+		return;
+	}
+	uint8_t rec[64];
+	struct iovec iov[2];
+	bool held = r->cmd == CONTROL_HOLD;
+	int k = queue_record_encode_hold(m->id, held, rec, sizeof(rec), iov);
+	if (k > 0)
+		worker_journal_record(w, JOURNAL_REC_HOLD, iov, (unsigned)k);
+	queue_hold(w->queue, m, held);
+	if (!held)
+		out_schedule(w, m);
+}
+
+static void
 worker_handle_request(struct worker *w, struct control_request *r)
 {
 	pthread_mutex_lock(&r->lock);
@@ -966,6 +989,14 @@ worker_handle_request(struct worker *w, struct control_request *r)
 		break;
 	case CONTROL_RELOAD:
 		w->policy = r->policy;
+		break;
+	case CONTROL_FLUSH:
+		out_flush_queue(w);
+		break;
+	case CONTROL_DELETE:
+	case CONTROL_HOLD:
+	case CONTROL_RELEASE:
+		worker_message_cmd(w, r);
 		break;
 	case CONTROL_STOP:
 		break;

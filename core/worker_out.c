@@ -452,7 +452,6 @@ out_flush_queue(struct worker *w)
 		}
 		sched_wake(w->sched, m->id, 0);
 	}
-	/* destinations marked down are given another chance now too */
 }
 
 /* ringmxctl delete: refused while a recipient is in a transaction (its body is in use). */

@@ -24,7 +24,11 @@ usage(FILE *f)
 		   "commands:\n"
 		   "  queue [--json]   one line (or JSON object) per queued message\n"
 		   "  show ID          the envelope and the stored bytes of one message\n"
-		   "  stats [--json]   counters of the running server\n");
+		   "  stats [--json]   counters of the running server\n"
+		   "  flush            every deferred recipient is tried now\n"
+		   "  delete ID        remove a message from the queue (no bounce)\n"
+		   "  hold ID          keep a message queued without delivering it\n"
+		   "  release ID       deliver a held message again\n");
 }
 
 static int
