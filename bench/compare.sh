@@ -86,40 +86,63 @@ postfix_relay() {
     row "smtp-source -> postfix -> smtp-sink (relay)" "$R_PR" "-"
 }
 
-# (3) ringmx: accept rate with the same load (relay end to end once outbound lands)
-ringmx_accept() {
-    local rmx=$BUILD/ringmx port; port=$(free_port)
-    if [[ ! -x $rmx ]]; then row "ringmx (skipped: $rmx not built)" "-" "-"; return 0; fi
+# (3) ringmx: the same load -> ringmx -> ringmx-bench sink. Accept rate (until the load
+# generator is done) and relay rate (until the sink has every message), like postfix-relay.sh.
+ringmx_start() {	# port sink_port
     mkdir -p "$WORK/rmx/spool"
     cat >"$WORK/rmx/ringmx.yaml" <<YAML
 hostname: bench.test
 workers: 0
 spool_dir: $WORK/rmx/spool
 control_socket: $WORK/rmx/ctl.sock
-listen: [ { address: "127.0.0.1:$port", role: mx, tls: none, auth: "off" } ]
+log: { level: warning }
+listen: [ { address: "127.0.0.1:$1", role: mx, tls: none, auth: "off" } ]
 relay_domains: [ example.test ]
 mynetworks: [ 127.0.0.0/8 ]
+routes: { "*": "[127.0.0.1]:$2" }
 queue: { sync: always }
 YAML
-    "$rmx" -c "$WORK/rmx/ringmx.yaml" >"$WORK/rmx/log" 2>&1 &
-    PIDS+=($!); local rp=$!
-    if ! wait_listen "$port" || ! kill -0 "$rp" 2>/dev/null; then
-        tail -3 "$WORK/rmx/log" >&2; row "ringmx (skipped: failed to start, log above)" "-" "-"; return 0; fi
-    local t0=$EPOCHREALTIME t1
-    if timeout "$TIMEOUT" "$BENCH" send --server "127.0.0.1:$port" --connections "$SESSIONS" \
-        --messages "$N" --size $((SIZE + 150)) --to-domain example.test >"$WORK/rmx/send.out" 2>&1; then
-        t1=$EPOCHREALTIME; R_RA=$(rate "$N" "$t0" "$t1")
-        row "ringmx-bench send -> ringmx (accept)" "$R_RA" "-"
-    else
-        tail -4 "$WORK/rmx/send.out" >&2; row "ringmx-bench send -> ringmx (failed, see above)" "-" "-"
+    "$RMX" -c "$WORK/rmx/ringmx.yaml" >>"$WORK/rmx/log" 2>&1 &
+    RMX_PID=$!; PIDS+=("$RMX_PID")
+    wait_listen "$1" && kill -0 "$RMX_PID" 2>/dev/null
+}
+
+ringmx_run() {	# label, then the load command (its last arg is the server address)
+    local label=$1; shift
+    local port sport t0 t1 t2 sink
+    port=$(free_port); sport=$(free_port)
+    "$BENCH" sink --listen "127.0.0.1:$sport" --expect "$N" >"$WORK/rmx/sink.out" 2>&1 &
+    sink=$!; PIDS+=("$sink")
+    wait_listen "$sport" || { row "$label -> ringmx (sink did not start)" "-" "-"; return 0; }
+    if ! ringmx_start "$port" "$sport"; then
+        tail -3 "$WORK/rmx/log" >&2; row "$label -> ringmx (failed to start, log above)" "-" "-"
+        kill "$sink" 2>/dev/null; return 0
     fi
     t0=$EPOCHREALTIME
-    if timeout "$TIMEOUT" "$SMTP_SOURCE" -s "$SESSIONS" -l "$SIZE" -m "$N" -M client.example.test \
-        -f sender@example.test -t rcpt@example.test "127.0.0.1:$port" >/dev/null 2>&1; then
-        t1=$EPOCHREALTIME; R_RS=$(rate "$N" "$t0" "$t1")
-        row "smtp-source -> ringmx (accept)" "$R_RS" "-"
+    if ! timeout "$TIMEOUT" "$@" "127.0.0.1:$port" >"$WORK/rmx/load.out" 2>&1; then
+        tail -4 "$WORK/rmx/load.out" >&2; row "$label -> ringmx (load failed, see above)" "-" "-"
+        kill "$RMX_PID" "$sink" 2>/dev/null; return 0
     fi
-    kill "$rp" 2>/dev/null; wait "$rp" 2>/dev/null || true
+    t1=$EPOCHREALTIME
+    timeout "$TIMEOUT" tail --pid="$sink" -f /dev/null
+    t2=$EPOCHREALTIME
+    LAST_ACCEPT=$(rate "$N" "$t0" "$t1"); LAST_RELAY=$(rate "$N" "$t0" "$t2")
+    row "$label -> ringmx (accept)" "$LAST_ACCEPT" "-"
+    row "$label -> ringmx -> sink (relay)" "$LAST_RELAY" "-"
+    kill "$RMX_PID" 2>/dev/null; wait "$RMX_PID" 2>/dev/null || true
+    rm -rf "$WORK/rmx/spool"
+}
+
+ringmx_compare() {
+    RMX=$BUILD/ringmx
+    if [[ ! -x $RMX ]]; then row "ringmx (skipped: $RMX not built)" "-" "-"; return 0; fi
+    mkdir -p "$WORK/rmx"
+    ringmx_run "ringmx-bench send" "$BENCH" send --connections "$SESSIONS" --messages "$N" \
+        --size $((SIZE + 150)) --to-domain example.test --server
+    R_RA=$LAST_ACCEPT R_RR=$LAST_RELAY
+    ringmx_run "smtp-source" "$SMTP_SOURCE" -s "$SESSIONS" -l "$SIZE" -m "$N" \
+        -M client.example.test -f sender@example.test -t rcpt@example.test
+    R_RS=$LAST_ACCEPT R_RSR=$LAST_RELAY
 }
 
 log "N=$N SIZE=$SIZE SESSIONS=$SESSIONS bench=$BENCH"
@@ -127,7 +150,7 @@ ceiling_ringmx
 ceiling_postfix 0
 ceiling_postfix 1
 postfix_relay
-ringmx_accept
+ringmx_compare
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a == "" || b == "" || b == 0) print "-"; else printf "%.2f", a/b }'; }
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -139,6 +162,8 @@ STAMP=$(date -u +%Y-%m-%dT%H%MZ)
     printf '%s\n' "${ROWS[@]}"
     echo "ratio ringmx-bench/smtp-source (best mode), rate: $(ratio "$R_RB" "$R_PF")  cpu: $(ratio "$C_RB" "$C_PF")"
     echo "ratio ringmx accept / postfix accept: $(ratio "${R_RA:-}" "${R_PA:-}") (ringmx-bench load), $(ratio "${R_RS:-}" "${R_PA:-}") (smtp-source load)"
+    echo "ratio ringmx relay / postfix relay: $(ratio "${R_RR:-}" "${R_PR:-}") (ringmx-bench load), $(ratio "${R_RSR:-}" "${R_PR:-}") (smtp-source load)"
+    echo "ratio ringmx relay / ceiling (ringmx-bench send -> sink): $(ratio "${R_RR:-}" "${R_RB:-}")"
 } | tee "$WORK/table"
 mkdir -p "$ROOT/bench/results"
 cp "$WORK/table" "$ROOT/bench/results/$STAMP-$COMMIT.txt"
