@@ -342,6 +342,87 @@ conn_envelope_text(struct worker *w, const struct smtp_envelope *env, char *send
 	return true;
 }
 
+/* ---- journal segments -------------------------------------------------------------- */
+
+/* Counts a message in the segment that holds its record; false without memory. */
+static bool
+worker_seg_add(struct worker *w, uint64_t seg)
+{
+	/* seg_base is the oldest segment at start; nothing is ever written below it */
+	assert(seg >= w->seg_base);
+	size_t i = seg - w->seg_base;
+	if (i >= w->seg_cap) {
+		size_t cap = w->seg_cap ? w->seg_cap : 64;
+		while (cap <= i)
+			cap *= 2;
+		unsigned *p = realloc(w->seg_live, cap * sizeof(*p));
+		if (p == NULL)
+			return false;
+		memset(p + w->seg_cap, 0, (cap - w->seg_cap) * sizeof(*p));
+		w->seg_live = p;
+		w->seg_cap = cap;
+	}
+	w->seg_live[i]++;
+	return true;
+}
+
+static unsigned
+worker_seg_live(const struct worker *w, uint64_t seg)
+{
+	if (w->seg_live == NULL || seg < w->seg_base || seg - w->seg_base >= w->seg_cap)
+		return 0;
+	return w->seg_live[seg - w->seg_base];
+}
+
+void
+worker_queue_remove(struct worker *w, struct queue_message *m)
+{
+	uint64_t seg = m->loc.segment;
+
+	if (worker_seg_live(w, seg) > 0)
+		w->seg_live[seg - w->seg_base]--;
+	queue_remove(w->queue, m);
+}
+
+/*
+ * Deletes the oldest segments once no queued message lives in them. Only in order:
+ * a segment's DELETED and outcome records must outlive the older segments holding
+ * the messages they finish, or a restart would bring those messages back.
+ */
+static void
+worker_segments_collect(struct worker *w)
+{
+	uint64_t current = journal_current_segment(w->journal);
+
+	for (uint64_t seg = journal_oldest_segment(w->journal); seg < current;
+	     seg = journal_oldest_segment(w->journal)) {
+		if (worker_seg_live(w, seg) > 0)
+			return;
+		int r = journal_segment_delete(w->journal, seg);
+		if (r == -ENOENT)
+			continue;
+		if (r != 0) {
+			if (r != -EBUSY)
+				log_msg(CONFIG_LOG_WARNING, "journal: cannot delete segment %llu: %s",
+					(unsigned long long)seg, strerror(-r));
+			return;
+		}
+		struct log_line *l = log_begin(CONFIG_LOG_DEBUG, NULL, "segment-deleted");
+		log_uint(l, "segment", seg);
+		log_end(l);
+	}
+}
+
+/* Counts what the journal brought back, per segment. */
+static void
+worker_segments_count(struct worker *w)
+{
+	w->seg_base = journal_oldest_segment(w->journal);
+	for (struct queue_message *m = queue_next(w->queue, NULL); m != NULL;
+	     m = queue_next(w->queue, m))
+		worker_seg_add(w, m->loc.segment);
+}
+
 /*
  * Queues a message and appends its journal record; *batch is the journal batch
  * that makes it durable. NULL when it can't be taken: *batch is then -E2BIG (the
@@ -365,7 +446,7 @@ worker_store_message(struct worker *w, uint64_t id, const struct queue_envelope 
 		return NULL;
 	}
 	*batch = journal_append(w->journal, JOURNAL_REC_MESSAGE, iov, (unsigned)n, &m->loc);
-	if (*batch < 0) {
+	if (*batch < 0 || !worker_seg_add(w, m->loc.segment)) {
 		queue_remove(w->queue, m);
 		*batch = -ENOSPC;
 		return NULL;
@@ -495,7 +576,7 @@ worker_answer_waiters(struct worker *w, uint64_t durable, int r)
 		if (r == 0) {
 			worker_message_acked(w, c);
 		} else {
-			queue_remove(w->queue, c->wait_msg);
+			worker_queue_remove(w, c->wait_msg);
 			w->stats.messages_refused++;
 			smtp_server_message_done(c->smtp, r == -JOURNAL_ENOSPC ? SMTP_STORE_NOSPACE
 									: SMTP_STORE_ERROR,
@@ -850,6 +931,7 @@ worker_on_tick(struct worker *w)
 		conn_mark_dirty(w, c);
 	}
 	out_tick(w);
+	worker_segments_collect(w);
 	if (!(w->stopping && w->active == 0 && out_idle(w)))
 		worker_arm_tick(w);
 }
@@ -1186,6 +1268,7 @@ worker_main(void *arg)
 
 	w->now_ms = clock_ms(CLOCK_MONOTONIC_COARSE);
 	w->wall_ms = clock_ms(CLOCK_REALTIME);
+	worker_segments_count(w);
 	worker_schedule_replayed(w);
 	for (unsigned i = 0; i < w->cfg->listen_count; i++)
 		worker_arm_accept(w, i);
@@ -1270,6 +1353,7 @@ worker_free(struct worker *w)
 	free(w->rcpt_text);
 	free(w->rcpt_ptrs);
 	free(w->rcpt_params);
+	free(w->seg_live);
 	pthread_mutex_destroy(&w->mailbox_lock);
 	pthread_mutex_destroy(&w->start_lock);
 	pthread_cond_destroy(&w->start_cond);

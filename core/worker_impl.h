@@ -186,6 +186,11 @@ struct worker {
 	int start_error;
 	char start_err[256];
 
+	/* live messages per journal segment: count[seg - seg_base], for deleting segments */
+	uint64_t seg_base;
+	unsigned *seg_live;
+	size_t seg_cap;
+
 	/* outbound delivery (worker_out.c) */
 	uint64_t wall_ms;	/* wall clock, once per turn: recipients' next attempts */
 	struct sched *sched;
@@ -204,6 +209,7 @@ struct queue_message *worker_store_message(struct worker *w, uint64_t id,
 					   size_t body_len, int64_t *batch);
 void worker_journal_record(struct worker *w, enum journal_rec_type type, const struct iovec *iov,
 			   unsigned n);
+void worker_queue_remove(struct worker *w, struct queue_message *m);
 
 /* worker_out.c */
 int out_init(struct worker *w);

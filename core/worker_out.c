@@ -282,7 +282,7 @@ out_finish(struct worker *w, struct queue_message *m)
 	int k = queue_record_encode_deleted(m->id, rec, sizeof(rec), iov);
 	if (k > 0)
 		worker_journal_record(w, JOURNAL_REC_DELETED, iov, (unsigned)k);
-	queue_remove(w->queue, m);
+	worker_queue_remove(w, m);
 }
 
 /* Applies one result per recipient of a job, bounces what failed, finishes the message. */
@@ -468,7 +468,7 @@ out_delete(struct worker *w, struct queue_message *m)
 	int k = queue_record_encode_deleted(m->id, rec, sizeof(rec), iov);
 	if (k > 0)
 		worker_journal_record(w, JOURNAL_REC_DELETED, iov, (unsigned)k);
-	queue_remove(w->queue, m);
+	worker_queue_remove(w, m);
 	return 0;
 }
 

@@ -73,6 +73,7 @@ struct journal {
 	uint64_t next_batch;
 	uint64_t durable_batch;
 	uint64_t disk_bytes;
+	uint64_t oldest_segment;	/* no segment below it is on disk */
 	journal_report_fn report;
 	void *report_arg;
 };
@@ -620,6 +621,7 @@ journal_replay_all(struct journal *j, const struct journal_params *p, char *err,
 		j->tail_segment = j->fd_segment;
 		j->tail_offset = j->fd_end;
 	}
+	j->oldest_segment = r.count > 0 ? r.seqs[0] : j->tail_segment;
 out:
 	free(r.seqs);
 	free(r.actions);
@@ -920,13 +922,25 @@ journal_segment_delete(struct journal *j, uint64_t segment)
 	if (segment >= j->tail_segment || (j->fd >= 0 && segment == j->fd_segment))
 		return -EBUSY;
 	segment_name(segment, name);
-	if (fstatat(j->dirfd, name, &st, 0) < 0 || unlinkat(j->dirfd, name, 0) < 0)
-		return -errno;
+	if (fstatat(j->dirfd, name, &st, 0) < 0 || unlinkat(j->dirfd, name, 0) < 0) {
+		int e = errno;
+		if (e == ENOENT && segment == j->oldest_segment)
+			j->oldest_segment++;	/* a gap left by replay (quarantined, empty) */
+		return -e;
+	}
+	if (segment == j->oldest_segment)
+		j->oldest_segment++;
 	j->disk_bytes -=
 	    (uint64_t)st.st_size < j->disk_bytes ? (uint64_t)st.st_size : j->disk_bytes;
 	/* Without this, a crash could bring back messages whose completion records are
 	 * already gone with other deleted segments. */
 	return fsync(j->dirfd) < 0 ? -errno : 0;
+}
+
+uint64_t
+journal_oldest_segment(const struct journal *j)
+{
+	return j->oldest_segment;
 }
 
 uint64_t

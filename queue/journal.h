@@ -145,6 +145,9 @@ int journal_read(struct journal *j, const struct journal_loc *loc, void *buf, si
 uint64_t journal_current_segment(const struct journal *j);
 int journal_segment_delete(struct journal *j, uint64_t segment);
 
+/* The lowest segment that may still be on disk: deleting in order starts here. */
+uint64_t journal_oldest_segment(const struct journal *j);
+
 /* Bytes on disk across segments, for stats. */
 uint64_t journal_disk_bytes(const struct journal *j);
 
