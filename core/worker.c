@@ -384,6 +384,42 @@ worker_queue_remove(struct worker *w, struct queue_message *m)
 	queue_remove(w->queue, m);
 }
 
+void
+worker_queue_moved(struct worker *w, struct queue_message *m, const struct journal_loc *loc)
+{
+	uint64_t seg = m->loc.segment;
+
+	if (worker_seg_add(w, loc->segment)) {
+		if (worker_seg_live(w, seg) > 0)
+			w->seg_live[seg - w->seg_base]--;
+		m->loc = *loc;
+	}
+}
+
+/*
+ * Long-lived messages (deferred for hours) would pin every later segment: those
+ * left in the oldest segment, once it lags COMPACT_LAG_SEGMENTS behind, are
+ * written again at the head, a few per tick.
+ */
+static void
+worker_compact(struct worker *w)
+{
+	uint64_t oldest = journal_oldest_segment(w->journal);
+	unsigned done = 0;
+
+	if (journal_current_segment(w->journal) - oldest < COMPACT_LAG_SEGMENTS ||
+	    worker_seg_live(w, oldest) == 0)
+		return;
+	for (struct queue_message *m = queue_next(w->queue, NULL); m != NULL && done < COMPACT_BATCH;
+	     m = queue_next(w->queue, m)) {
+		if (m->loc.segment != oldest)
+			continue;
+		if (out_rewrite(w, m) != 0)
+			return;	/* the batch is full: next tick */
+		done++;
+	}
+}
+
 /*
  * Deletes the oldest segments once no queued message lives in them. Only in order:
  * a segment's DELETED and outcome records must outlive the older segments holding
@@ -931,6 +967,7 @@ worker_on_tick(struct worker *w)
 		conn_mark_dirty(w, c);
 	}
 	out_tick(w);
+	worker_compact(w);
 	worker_segments_collect(w);
 	if (!(w->stopping && w->active == 0 && out_idle(w)))
 		worker_arm_tick(w);

@@ -107,6 +107,8 @@ struct conn {
 #define OUT_IDLE_MS		 2000	/* an idle connection waits this long for more work */
 #define OUT_DUE_BATCH		 256	/* messages woken per tick and call */
 #define QUEUE_IN_FLIGHT		 UINT64_MAX	/* next_attempt_ms of a recipient in a job */
+#define COMPACT_LAG_SEGMENTS	 4	/* messages this many segments behind are rewritten, */
+#define COMPACT_BATCH		 64	/* this many per tick */
 
 struct oconn {
 	int fd;			/* -1: none (resolving, or closed) */
@@ -210,6 +212,7 @@ struct queue_message *worker_store_message(struct worker *w, uint64_t id,
 void worker_journal_record(struct worker *w, enum journal_rec_type type, const struct iovec *iov,
 			   unsigned n);
 void worker_queue_remove(struct worker *w, struct queue_message *m);
+void worker_queue_moved(struct worker *w, struct queue_message *m, const struct journal_loc *loc);
 
 /* worker_out.c */
 int out_init(struct worker *w);
@@ -221,6 +224,7 @@ void out_stop(struct worker *w);
 bool out_idle(const struct worker *w);
 void out_on_cqe(struct worker *w, enum worker_op op, uint64_t ud, int res, unsigned flags);
 int out_delete(struct worker *w, struct queue_message *m);
+int out_rewrite(struct worker *w, struct queue_message *m);
 void out_flush_queue(struct worker *w);
 
 static inline uint64_t

@@ -1063,3 +1063,71 @@ out_idle(const struct worker *w)
 {
 	return w->ofree_count == OUT_CONN_MAX;
 }
+
+/* ---- compaction ---------------------------------------------------------------------- */
+
+/*
+ * Writes the message again at the journal's head, with the state of each recipient
+ * and its hold, so that the old segment it lived in can be deleted. On replay a
+ * copy of a message already known is ignored, and the records after it restore the
+ * same state. Returns 0, or a negative error (the message stays where it was).
+ */
+int
+out_rewrite(struct worker *w, struct queue_message *m)
+{
+	uint8_t *owned;
+	const uint8_t *body = out_body(w, m, &owned);
+	const char **addrs = calloc(m->rcpt_count, sizeof(char *));
+	const char **params = calloc(m->rcpt_count, sizeof(char *));
+	struct journal_loc loc;
+	struct iovec iov[2];
+	int r = -ENOMEM;
+
+	if (body == NULL || addrs == NULL || params == NULL)
+		goto out;
+	for (unsigned i = 0; i < m->rcpt_count; i++) {
+		addrs[i] = m->rcpts[i].address;
+		params[i] = m->rcpts[i].params;
+	}
+	struct queue_envelope qe = {
+		.sender = m->sender,
+		.sender_params = m->sender_params,
+		.rcpt_addresses = addrs,
+		.rcpt_params = params,
+		.rcpt_count = m->rcpt_count,
+		.origin = {.client_addr = m->client_addr, .client_name = m->client_name,
+			   .protocol = m->protocol, .tls_version = m->tls_version,
+			   .auth_user = m->auth_user},
+		.arrival_ms = m->arrival_ms,
+	};
+	int n = queue_record_encode(m->id, &qe, body, m->body_len, w->record_scratch,
+				    RECORD_SCRATCH, iov);
+	r = n < 0 ? n : (int)journal_append(w->journal, JOURNAL_REC_MESSAGE, iov, (unsigned)n, &loc);
+	if (r < 0)
+		goto out;
+	worker_queue_moved(w, m, &loc);
+	for (unsigned i = 0; i < m->rcpt_count; i++) {
+		const struct queue_rcpt *rc = &m->rcpts[i];
+		static const enum journal_rec_type types[] = {
+			[QUEUE_RCPT_PENDING] = JOURNAL_REC_DEFERRED,
+			[QUEUE_RCPT_DELIVERED] = JOURNAL_REC_DELIVERED,
+			[QUEUE_RCPT_BOUNCED] = JOURNAL_REC_BOUNCED,
+		};
+		if (rc->state == QUEUE_RCPT_PENDING && rc->attempts == 0)
+			continue;
+		uint64_t next = rc->next_attempt_ms == QUEUE_IN_FLIGHT ? 0 : rc->next_attempt_ms;
+		out_record(w, m, types[rc->state], &i, 1, rc->attempts, next, rc->last_error);
+	}
+	if (m->held) {
+		uint8_t rec[64];
+		int k = queue_record_encode_hold(m->id, true, rec, sizeof(rec), iov);
+		if (k > 0)
+			worker_journal_record(w, JOURNAL_REC_HOLD, iov, (unsigned)k);
+	}
+	r = 0;
+out:
+	free(owned);
+	free(addrs);
+	free(params);
+	return r;
+}
