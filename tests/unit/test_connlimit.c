@@ -4,18 +4,9 @@
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <string.h>
+#include "tests/unit/check.h"
 
-static unsigned passed, failed;
 
-#define CHECK(cond)                                                                  \
-	do {                                                                         \
-		if (cond) {                                                          \
-			passed++;                                                    \
-		} else {                                                             \
-			failed++;                                                    \
-			printf("%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond); \
-		}                                                                    \
-	} while (0)
 
 static struct sockaddr_storage
 v4(const char *text)

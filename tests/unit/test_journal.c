@@ -15,21 +15,12 @@
 #include <unistd.h>
 
 #include "queue/crc32c.h"
+#include "tests/unit/check.h"
 
 #define RECS_MAX    4096
 #define REPORTS_MAX 64
 
-static int passed, failed;
 
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (cond) {                                                                        \
-			passed++;                                                                  \
-		} else {                                                                           \
-			failed++;                                                                  \
-			printf("%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond);            \
-		}                                                                                  \
-	} while (0)
 
 struct rec {
 	enum journal_rec_type type;

@@ -8,19 +8,9 @@
 #include <string.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include "tests/unit/check.h"
 
-static int passed;
-static int failed;
 
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (cond) {                                                                        \
-			passed++;                                                                  \
-		} else {                                                                           \
-			failed++;                                                                  \
-			printf("%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond);            \
-		}                                                                                  \
-	} while (0)
 
 #define FIXTURES "../fixtures/policy/"
 

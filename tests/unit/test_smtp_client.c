@@ -32,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "tests/unit/check.h"
 
 #define FIXTURE_DIR      "../fixtures/smtp_client"
 #define TRANSCRIPT_LINES 512
@@ -44,17 +45,7 @@
 #define RUN_IOV_MAX      3 /* small, so output is described over several calls */
 #define BODY_MAX         4096
 
-static int passed, failed;
 
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (cond) {                                                                        \
-			passed++;                                                                  \
-		} else {                                                                           \
-			failed++;                                                                  \
-			printf("%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond);            \
-		}                                                                                  \
-	} while (0)
 
 struct segment {
 	size_t start, len; /* into transcript.input */
