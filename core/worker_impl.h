@@ -110,6 +110,12 @@ struct conn {
 #define COMPACT_LAG_SEGMENTS	 4	/* messages this many segments behind are rewritten, */
 #define COMPACT_BATCH		 64	/* this many per tick */
 
+/* A recipient's DSN requests, passed on as received (RFC 3461). */
+struct out_rcpt_dsn {
+	char notify[SMTP_CLIENT_NOTIFY_MAX];
+	char orcpt[SMTP_CLIENT_ORCPT_MAX + 1];
+};
+
 struct oconn {
 	int fd;			/* -1: none (resolving, or closed) */
 	uint32_t gen;
@@ -129,6 +135,9 @@ struct oconn {
 	struct sched_job *job;
 	struct queue_message *msg;
 	struct smtp_client_rcpt *rcpts;
+	struct out_rcpt_dsn *rcpt_dsn;
+	char ret[8];
+	char envid[SMTP_CLIENT_ENVID_MAX + 1];
 	uint8_t *body;		/* the body read back from the journal, when evicted */
 
 	struct iovec iov[OUT_IOV_MAX];

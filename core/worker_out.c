@@ -62,6 +62,7 @@ out_free(struct worker *w)
 		smtp_client_free(oc->smtp);
 		free(oc->job);
 		free(oc->rcpts);
+		free(oc->rcpt_dsn);
 		free(oc->body);
 		free(oc->stash);
 	}
@@ -187,6 +188,39 @@ out_status_of(const char *error, char status[SMTP_CLIENT_STATUS_MAX])
 		snprintf(status, SMTP_CLIENT_STATUS_MAX, "%c.0.0", error[0] == '4' ? '4' : '5');
 }
 
+/* The value of the ESMTP parameter key in params (as received); false when absent. */
+static bool
+out_param(const char *params, const char *key, char *out, size_t cap)
+{
+	struct address_param p[ADDRESS_PARAMS_MAX];
+	size_t n;
+
+	if (address_parse_params(params, strlen(params), p, &n) != ADDRESS_OK)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(p[i].keyword, key) == 0 && p[i].value != NULL) {
+			snprintf(out, cap, "%.*s", (int)p[i].value_len, p[i].value);
+			return true;
+		}
+	}
+	return false;
+}
+
+/* RFC 3461 §4.1: without NOTIFY, only failures are reported. */
+static bool
+out_notify(const char *rcpt_params, const char *what)
+{
+	char v[SMTP_CLIENT_NOTIFY_MAX];
+
+	if (!out_param(rcpt_params, "NOTIFY", v, sizeof(v)))
+		return strcmp(what, "FAILURE") == 0;
+	for (char *save = NULL, *t = strtok_r(v, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+		if (strcasecmp(t, what) == 0)
+			return true;
+	}
+	return false;
+}
+
 /* The message bytes: in memory, or read back from the journal into *owned. */
 static const uint8_t *
 out_body(struct worker *w, const struct queue_message *m, uint8_t **owned)
@@ -221,6 +255,11 @@ out_bounce(struct worker *w, const struct queue_message *m, const struct dsn_rcp
 	}
 	uint8_t *owned;
 	const uint8_t *body = out_body(w, m, &owned);
+	char ret[8], envid_x[SMTP_CLIENT_ENVID_MAX * 3 + 1], envid[SMTP_CLIENT_ENVID_MAX + 1];
+	bool has_envid = out_param(m->sender_params, "ENVID", envid_x, sizeof(envid_x)) &&
+			 address_xtext_decode(envid_x, strlen(envid_x), envid, sizeof(envid)) >= 0;
+	bool full = out_param(m->sender_params, "RET", ret, sizeof(ret)) &&
+		    strcasecmp(ret, "FULL") == 0;
 	struct strbuf sb;
 	strbuf_init(&sb, DSN_OUTPUT_MAX);
 	struct dsn_report rep = {
@@ -230,7 +269,8 @@ out_bounce(struct worker *w, const struct queue_message *m, const struct dsn_rcp
 		.arrival = (time_t)(m->arrival_ms / 1000),
 		.date = (time_t)(w->wall_ms / 1000),
 		.seq = w->dsn_seq++,
-		.ret = DSN_RET_HDRS,
+		.envid = has_envid ? envid : NULL,
+		.ret = full ? DSN_RET_FULL : DSN_RET_HDRS,
 		.message = body != NULL ? (const char *)body : "",
 		.message_len = body != NULL ? m->body_len : 0,
 		.rcpts = rcpts,
@@ -285,34 +325,51 @@ out_finish(struct worker *w, struct queue_message *m)
 	worker_queue_remove(w, m);
 }
 
-/* Applies one result per recipient of a job, bounces what failed, finishes the message. */
+/*
+ * Applies one result per recipient of a job, reports what the sender asked to hear
+ * about (RFC 3461: failures by default; successes as "relayed" when the next hop
+ * could not take NOTIFY over), and finishes the message.
+ */
 static void
 out_results(struct worker *w, struct queue_message *m, const struct out_result *res,
-	    unsigned n)
+	    unsigned n, bool peer_dsn)
 {
-	struct dsn_rcpt *bounced = calloc(n, sizeof(*bounced));
+	struct dsn_rcpt *report = calloc(n, sizeof(*report));
 	char(*status)[SMTP_CLIENT_STATUS_MAX] = calloc(n, sizeof(*status));
-	unsigned nb = 0;
+	char(*orcpt)[SMTP_CLIENT_ORCPT_MAX + 1] = calloc(n, sizeof(*orcpt));
+	unsigned nr = 0;
 
 	for (unsigned i = 0; i < n; i++) {
-		if (out_apply(w, m, &res[i]) != OUT_BOUNCED || bounced == NULL || status == NULL)
-			continue;
+		enum out_outcome o = out_apply(w, m, &res[i]);
 		const struct queue_rcpt *r = &m->rcpts[res[i].idx];
-		out_status_of(r->last_error, status[nb]);
-		bounced[nb] = (struct dsn_rcpt){
+		if (report == NULL || status == NULL || orcpt == NULL || o == OUT_DEFERRED)
+			continue;
+		if (o == OUT_BOUNCED ? !out_notify(r->params, "FAILURE")
+				     : peer_dsn || !out_notify(r->params, "SUCCESS"))
+			continue;
+		char x[SMTP_CLIENT_ORCPT_MAX * 3 + 1];
+		bool has_orcpt = out_param(r->params, "ORCPT", x, sizeof(x)) &&
+				 address_xtext_decode(x, strlen(x), orcpt[nr], sizeof(orcpt[nr])) >= 0;
+		if (o == OUT_BOUNCED)
+			out_status_of(r->last_error, status[nr]);
+		else
+			snprintf(status[nr], sizeof(status[nr]), "2.0.0");
+		report[nr] = (struct dsn_rcpt){
 			.final_recipient = r->address,
-			.action = DSN_ACTION_FAILED,
-			.status = status[nb],
+			.original_recipient = has_orcpt ? orcpt[nr] : NULL,
+			.action = o == OUT_BOUNCED ? DSN_ACTION_FAILED : DSN_ACTION_RELAYED,
+			.status = status[nr],
 			.remote_mta = res[i].relay,
-			.diagnostic = r->last_error,
+			.diagnostic = o == OUT_BOUNCED ? r->last_error : res[i].text,
 			.last_attempt = (time_t)(w->wall_ms / 1000),
 		};
-		nb++;
+		nr++;
 	}
-	if (nb > 0)
-		out_bounce(w, m, bounced, nb);
-	free(bounced);
+	if (nr > 0)
+		out_bounce(w, m, report, nr);
+	free(report);
 	free(status);
+	free(orcpt);
 	out_finish(w, m);
 }
 
@@ -346,7 +403,7 @@ out_expire(struct worker *w, struct queue_message *m)
 			.text = r->last_error != NULL ? r->last_error : "451 4.4.7 never attempted",
 		};
 	}
-	out_results(w, m, res, n);
+	out_results(w, m, res, n, false);
 	free(res);
 }
 
@@ -424,7 +481,7 @@ out_defer_job(struct worker *w, struct sched_job *job, unsigned code, const char
 				res[i] = (struct out_result){.idx = job->rcpt[i], .code = code,
 							     .text = text, .relay = relay};
 			}
-			out_results(w, m, res, job->rcpt_count);
+			out_results(w, m, res, job->rcpt_count, false);
 			free(res);
 		}
 	}
@@ -484,6 +541,7 @@ oconn_release(struct worker *w, struct oconn *oc)
 	assert(oc->job == NULL);
 	smtp_client_free(oc->smtp);
 	free(oc->rcpts);
+	free(oc->rcpt_dsn);
 	free(oc->body);
 	free(oc->stash);
 	uint32_t gen = oc->gen + 1;
@@ -849,7 +907,7 @@ out_job_done(struct worker *w, struct oconn *oc, const struct smtp_client_reply 
 						     .text = results[i].text,
 						     .relay = relay};
 		}
-		out_results(w, m, res, n);
+		out_results(w, m, res, n, (smtp_client_caps(oc->smtp) & SMTP_CLIENT_CAP_DSN) != 0);
 	}
 	free(res);
 	free(job);
@@ -906,16 +964,34 @@ out_start(struct worker *w, struct oconn *oc, struct sched_job *job)
 	}
 	const uint8_t *body = out_body(w, m, &oc->body);
 	struct smtp_client_rcpt *rc = realloc(oc->rcpts, job->rcpt_count * sizeof(*rc));
-	if (body == NULL || rc == NULL) {
+	if (rc != NULL)
+		oc->rcpts = rc;
+	struct out_rcpt_dsn *dsn = realloc(oc->rcpt_dsn, job->rcpt_count * sizeof(*dsn));
+	if (dsn != NULL)
+		oc->rcpt_dsn = dsn;
+	if (body == NULL || rc == NULL || dsn == NULL) {
 		out_defer_job(w, job, 451, "451 4.3.0 cannot read the message back", NULL);
 		oc->job = NULL;
 		return false;
 	}
-	oc->rcpts = rc;
-	for (unsigned i = 0; i < job->rcpt_count; i++)
-		rc[i] = (struct smtp_client_rcpt){.address = m->rcpts[job->rcpt[i]].address};
+	/* DSN requests go on as received; smtp_client sends them only to a peer with DSN */
+	for (unsigned i = 0; i < job->rcpt_count; i++) {
+		const struct queue_rcpt *r = &m->rcpts[job->rcpt[i]];
+		rc[i] = (struct smtp_client_rcpt){
+			.address = r->address,
+			.notify = out_param(r->params, "NOTIFY", dsn[i].notify, sizeof(dsn[i].notify))
+					  ? dsn[i].notify
+					  : NULL,
+			.orcpt = out_param(r->params, "ORCPT", dsn[i].orcpt, sizeof(dsn[i].orcpt))
+					 ? dsn[i].orcpt
+					 : NULL,
+		};
+	}
 	struct smtp_client_txn t = {
 		.sender = m->sender,
+		.ret = out_param(m->sender_params, "RET", oc->ret, sizeof(oc->ret)) ? oc->ret : NULL,
+		.envid = out_param(m->sender_params, "ENVID", oc->envid, sizeof(oc->envid)) ? oc->envid
+											   : NULL,
 		.rcpts = rc,
 		.rcpt_count = job->rcpt_count,
 		.body = body,
