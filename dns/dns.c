@@ -9,20 +9,31 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 
+#include <unbound-event.h>
 #include <unbound.h>
+
+#include "dns/dnsevent.h"
+#include "dns/dnswire.h"
 
 #define DNS_HASH_BUCKETS 4096
 #define DNS_WAIT_MAX     (1 + 2 * DNS_MX_MAX) /* the first query, then A and AAAA per host */
 #define DNS_GEN_MASK     ((1u << (30 - DNS_INFLIGHT_BITS)) - 1)
-#define DNS_LABEL_MAX    63
+/*
+ * Queries inside libunbound at once; the rest wait in our queue. One answer (a DNSKEY many
+ * queries wait for) wakes every query waiting on it inside a single libunbound callback, and
+ * each then validates on its own: this bounds that work. libunbound itself sends at most
+ * outgoing-range (16) UDP queries at once, so the window costs no concurrency upstream.
+ */
+#define DNS_SUBMIT_MAX 64
 
 static_assert((DNS_HASH_BUCKETS & (DNS_HASH_BUCKETS - 1)) == 0, "hash mask needs a power of two");
 static_assert(DNS_INFLIGHT_BITS <= 16, "free slots are stored as uint16_t");
 static_assert(DNS_ADDR_MAX >= 2, "each family needs a slot");
 static_assert(DNS_TLSA_DATA_MAX <= UINT8_MAX, "data_len is a uint8_t");
+static_assert(DNS_NAME_MAX == DNSWIRE_TEXT_MAX, "names are copied between both");
 
-enum { RR_A = 1, RR_MX = 15, RR_AAAA = 28, RR_TLSA = 52, CLASS_IN = 1 };
-enum { RCODE_SERVFAIL = 2, RCODE_NXDOMAIN = 3, RCODE_REFUSED = 5 };
+/* The sec argument of a ub_resolve_event callback. */
+enum { UB_SEC_INSECURE = 0, UB_SEC_BOGUS = 1, UB_SEC_SECURE = 2 };
 
 enum dns_kind {
 	DNS_KIND_MX,
@@ -40,18 +51,37 @@ enum dns_outcome {
 struct dns_answer {
 	enum dns_outcome outcome;
 	enum dns_security security;
-	const struct ub_result *ub;
-	const char *why; /* for OUT_FAIL and OUT_BOGUS */
+	const struct dnswire_msg *msg; /* for OUT_DATA */
+	const char *why;               /* for OUT_FAIL and OUT_BOGUS */
 };
 
-/* One libunbound query, shared by every request waiting for the same (name, type). */
+/*
+ * One libunbound query, shared by every request waiting for the same (name, type). It waits in
+ * the submit queue for room in the DNS_SUBMIT_MAX window, runs in libunbound, then its answer
+ * is copied into the answered queue and handed to the waiters outside libunbound's callback:
+ * the packet lives in a buffer libunbound reuses for the next query, which a waiter may start.
+ */
 struct dns_query {
-	struct dns_query *next; /* hash chain */
+	struct dns_query *next;       /* hash chain */
+	struct dns_query *queue_next; /* submit or answered queue */
 	struct dns_wait *waits;
 	struct dns *d;
 	int async_id;
+	bool submitted;
+	bool answered;
 	uint16_t type;
+	int ub_err;   /* ub_resolve_event refused it */
+	int rcode;    /* of the callback: nonzero when there is no usable packet */
+	int sec;      /* UB_SEC_* */
+	uint8_t *pkt; /* copy of the answer, NULL when rcode != 0 or out of memory */
+	size_t pkt_len;
+	char why[DNS_REASON_MAX]; /* why_bogus, truncated */
 	char name[DNS_NAME_MAX + 1];
+};
+
+struct dns_fifo {
+	struct dns_query *head;
+	struct dns_query **tail;
 };
 
 struct dns_wait {
@@ -70,7 +100,7 @@ struct dns_mx_stage {
 
 struct dns_req {
 	struct dns *d;
-	struct dns_req *done_next;
+	struct dns_req *done_next; /* done queue */
 	enum dns_kind kind;
 	int id;
 	bool done;
@@ -92,11 +122,16 @@ struct dns_req {
 
 struct dns {
 	struct ub_ctx *ub;
+	struct dnsevent_base *ev;
 	bool ipv6_first;
 	bool busy; /* inside dns_process: no reentry, no dns_free */
 	uint64_t rng;
 	unsigned free_count;
-	struct dns_req *done; /* answered, callback not yet run */
+	unsigned submitted;        /* queries inside libunbound, <= DNS_SUBMIT_MAX */
+	struct dns_fifo to_submit; /* waiting for room in the window */
+	struct dns_fifo answered;  /* answer copied, waiters not told yet */
+	struct dns_req *done;      /* finished, callback not yet run (FIFO) */
+	struct dns_req **done_tail;
 	struct dns_query *buckets[DNS_HASH_BUCKETS];
 	struct dns_req *slots[DNS_INFLIGHT_MAX];
 	uint32_t gen[DNS_INFLIGHT_MAX];
@@ -131,13 +166,6 @@ set_reason(enum dns_status *status, char reason[DNS_REASON_MAX], const char *fmt
 	*status = reason[0] == '4' ? DNS_TEMPFAIL : DNS_PERMFAIL;
 }
 
-static bool
-name_char_ok(unsigned char c)
-{
-	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-	       c == '-' || c == '_';
-}
-
 static char
 lower(unsigned char c)
 {
@@ -159,46 +187,13 @@ name_normalize(const char *in, char out[DNS_NAME_MAX + 1])
 			if (label == 0)
 				return -EINVAL;
 			label = 0;
-		} else if (!name_char_ok((unsigned char)in[i]) || ++label > DNS_LABEL_MAX) {
+		} else if (!dnswire_char_ok((uint8_t)in[i]) || ++label > DNSWIRE_LABEL_MAX) {
 			return -EINVAL;
 		}
 		out[i] = lower((unsigned char)in[i]);
 	}
 	out[len] = '\0';
 	return label == 0 ? -EINVAL : 0;
-}
-
-/*
- * Wire-format name to text ("" for the root). libunbound hands rdata uncompressed; a
- * compression pointer or extended label here is hostile or broken, so it is refused.
- */
-static int
-name_from_wire(const uint8_t *p, size_t len, char out[DNS_NAME_MAX + 1], size_t *used)
-{
-	size_t i = 0, o = 0;
-
-	for (;;) {
-		if (i >= len)
-			return -EBADMSG;
-		size_t label = p[i++];
-		if (label == 0)
-			break;
-		if (label > DNS_LABEL_MAX || i + label > len)
-			return -EBADMSG;
-		if (o + (o > 0) + label > DNS_NAME_MAX)
-			return -EBADMSG;
-		if (o > 0)
-			out[o++] = '.';
-		for (size_t j = 0; j < label; j++) {
-			if (!name_char_ok(p[i + j]))
-				return -EBADMSG;
-			out[o++] = lower(p[i + j]);
-		}
-		i += label;
-	}
-	out[o] = '\0';
-	*used = i;
-	return 0;
 }
 
 static uint32_t
@@ -225,45 +220,155 @@ static void req_on_answer(struct dns_req *r, unsigned index, const struct dns_an
 static void req_finish(struct dns_req *r);
 
 static void
-answer_classify(int err, const struct ub_result *ub, struct dns_answer *a)
+fifo_init(struct dns_fifo *f)
 {
-	a->ub = ub;
-	a->why = "";
-	a->security = DNS_INSECURE;
-	if (err != 0 || ub == NULL) {
-		a->outcome = OUT_FAIL;
-		a->why = ub_strerror(err);
-	} else if (ub->bogus) {
+	f->head = NULL;
+	f->tail = &f->head;
+}
+
+static void
+fifo_push(struct dns_fifo *f, struct dns_query *q)
+{
+	q->queue_next = NULL;
+	*f->tail = q;
+	f->tail = &q->queue_next;
+}
+
+static struct dns_query *
+fifo_pop(struct dns_fifo *f)
+{
+	struct dns_query *q = f->head;
+
+	if (q != NULL && (f->head = q->queue_next) == NULL)
+		f->tail = &f->head;
+	return q;
+}
+
+static const char *
+rcode_why(int rcode)
+{
+	switch (rcode) {
+	case DNSWIRE_RCODE_SERVFAIL:
+		return "SERVFAIL or timeout";
+	case DNSWIRE_RCODE_REFUSED:
+		return "REFUSED";
+	default:
+		return "error rcode";
+	}
+}
+
+/* Reads the security from the callback's arguments, the rest from the packet's header. */
+static void
+answer_classify(const struct dns_query *q, struct dnswire_msg *msg, struct dns_answer *a)
+{
+	*a = (struct dns_answer){.msg = msg, .why = "", .security = DNS_INSECURE};
+	if (q->sec == UB_SEC_BOGUS) {
 		a->outcome = OUT_BOGUS;
 		a->security = DNS_BOGUS;
-		a->why = ub->why_bogus ? ub->why_bogus : "no reason given";
-	} else {
-		a->security = ub->secure ? DNS_SECURE : DNS_INSECURE;
-		if (ub->rcode == RCODE_NXDOMAIN) {
-			a->outcome = OUT_NXDOMAIN;
-		} else if (ub->rcode != 0) {
-			a->outcome = OUT_FAIL;
-			a->why = ub->rcode == RCODE_SERVFAIL  ? "SERVFAIL or timeout"
-			         : ub->rcode == RCODE_REFUSED ? "REFUSED"
-			                                      : "error rcode";
-		} else {
-			a->outcome = ub->havedata ? OUT_DATA : OUT_NODATA;
+		a->why = q->why[0] != '\0' ? q->why : "no reason given";
+		return;
+	}
+	if (q->sec == UB_SEC_SECURE)
+		a->security = DNS_SECURE;
+	a->outcome = OUT_FAIL;
+	if (q->ub_err != 0)
+		a->why = ub_strerror(q->ub_err);
+	else if (q->rcode == DNSWIRE_RCODE_NXDOMAIN)
+		a->outcome = OUT_NXDOMAIN;
+	else if (q->rcode != 0)
+		a->why = rcode_why(q->rcode);
+	else if (q->pkt == NULL)
+		a->why = "out of memory for the answer";
+	else if (dnswire_parse(msg, q->pkt, q->pkt_len) != 0 || msg->qtype != q->type ||
+	         strcmp(msg->qname, q->name) != 0)
+		a->why = "malformed answer";
+	else if (msg->rcode == DNSWIRE_RCODE_NXDOMAIN)
+		a->outcome = OUT_NXDOMAIN;
+	else if (msg->rcode != 0)
+		a->why = rcode_why(msg->rcode);
+	else
+		a->outcome = msg->count > 0 ? OUT_DATA : OUT_NODATA;
+}
+
+/*
+ * libunbound callback, from inside dnsevent_run or (cache, local data) ub_resolve_event: only
+ * copies the answer and queues the query, so nothing re-enters libunbound from here.
+ */
+static void
+query_done(void *arg, int rcode, void *pkt, int pkt_len, int sec, char *why_bogus,
+           int was_ratelimited)
+{
+	struct dns_query *q = arg;
+	struct dns *d = q->d;
+
+	assert(q->submitted);
+	assert(!q->answered);
+	assert(d->submitted > 0);
+	d->submitted--;
+	q->answered = true;
+	q->rcode = rcode;
+	q->sec = sec;
+	if (why_bogus != NULL)
+		snprintf(q->why, sizeof(q->why), "%s", why_bogus);
+	if (rcode == 0 && pkt != NULL && pkt_len > 0 &&
+	    (q->pkt = malloc((size_t)pkt_len)) != NULL) {
+		memcpy(q->pkt, pkt, (size_t)pkt_len);
+		q->pkt_len = (size_t)pkt_len;
+	}
+	fifo_push(&d->answered, q);
+}
+
+static void
+query_free(struct dns_query *q)
+{
+	free(q->pkt);
+	free(q);
+}
+
+/*
+ * Starts up to budget queued queries while the window has room; one refused is answered as a
+ * failure. Cached answers complete at once and leave the window open, so only the budget bounds
+ * how much libunbound work one call does.
+ */
+static void
+query_submit_queued(struct dns *d, unsigned budget)
+{
+	struct dns_query *q;
+
+	while (budget > 0 && d->submitted < DNS_SUBMIT_MAX &&
+	       (q = fifo_pop(&d->to_submit)) != NULL) {
+		if (q->waits == NULL) {
+			/* Every request left before it started. */
+			query_unlink(d, q);
+			query_free(q);
+			continue;
+		}
+		budget--;
+		q->submitted = true;
+		d->submitted++;
+		/* A cached answer calls query_done before this returns. */
+		int rc = ub_resolve_event(d->ub, q->name, q->type, DNSWIRE_CLASS_IN, q, query_done,
+		                          &q->async_id);
+		if (rc != 0) {
+			assert(!q->answered);
+			query_done(q, 0, NULL, 0, UB_SEC_INSECURE, NULL, 0);
+			q->ub_err = rc;
 		}
 	}
 }
 
-/* libunbound callback: hands the answer to every waiting request. */
+/* Hands the oldest answered query's answer to every request waiting for it. */
 static void
-query_done(void *arg, int err, struct ub_result *ub)
+query_deliver(struct dns *d)
 {
-	struct dns_query *q = arg;
-	struct dns *d = q->d;
+	struct dns_query *q = fifo_pop(&d->answered);
+	struct dnswire_msg msg;
 	struct dns_answer a;
 	struct dns_wait *w, *next;
 
 	/* Unlinked first, so requests asking again while handling the answer get a new query. */
 	query_unlink(d, q);
-	answer_classify(err, ub, &a);
+	answer_classify(q, &msg, &a);
 	for (w = q->waits; w != NULL; w = next) {
 		struct dns_req *r = w->req;
 		next = w->next;
@@ -275,8 +380,7 @@ query_done(void *arg, int err, struct ub_result *ub)
 		if (r->pending == 0)
 			req_finish(r);
 	}
-	free(q);
-	ub_resolve_free(ub);
+	query_free(q);
 }
 
 /* Makes wait index of r wait for (name, type), joining a query already in flight. */
@@ -300,13 +404,9 @@ query_wait(struct dns_req *r, unsigned index, const char *name, uint16_t type)
 		q->d = d;
 		q->type = type;
 		strcpy(q->name, name);
-		if (ub_resolve_async(d->ub, name, type, CLASS_IN, q, query_done, &q->async_id) !=
-		    0) {
-			free(q);
-			return -DNS_EUNBOUND;
-		}
 		q->next = d->buckets[h];
 		d->buckets[h] = q;
+		fifo_push(&d->to_submit, q);
 	}
 	w->req = r;
 	w->index = index;
@@ -314,10 +414,15 @@ query_wait(struct dns_req *r, unsigned index, const char *name, uint16_t type)
 	w->next = q->waits;
 	q->waits = w;
 	r->pending++;
+	/* One query started per query asked for: the queue drains in dns_process. */
+	query_submit_queued(d, 1);
 	return 0;
 }
 
-/* Stops r waiting; the last waiter of a query cancels it in libunbound. */
+/*
+ * Stops r waiting. The last waiter of a query inside libunbound cancels it there; a queued or
+ * answered query stays in its queue, which frees it.
+ */
 static void
 query_leave(struct dns_wait *w)
 {
@@ -330,9 +435,11 @@ query_leave(struct dns_wait *w)
 	w->query = NULL;
 	w->next = NULL;
 	w->req->pending--;
-	if (q->waits == NULL) {
+	if (q->waits == NULL && q->submitted && !q->answered) {
 		query_unlink(q->d, q);
 		(void)ub_cancel(q->d->ub, q->async_id);
+		assert(q->d->submitted > 0);
+		q->d->submitted--;
 		free(q);
 	}
 }
@@ -416,26 +523,29 @@ mx_insert(struct dns_mx_result *m, uint32_t keys[DNS_MX_MAX], uint16_t pref, uin
 
 /* Returns 0, 1 for a null MX (RFC 7505), or -EBADMSG for malformed rdata. */
 static int
-mx_parse(struct dns_req *r, const struct ub_result *ub)
+mx_parse(struct dns_req *r, const struct dnswire_msg *msg)
 {
 	struct dns_mx_result *m = &r->res.mx;
 	uint32_t keys[DNS_MX_MAX];
 	char name[DNS_NAME_MAX + 1];
-	unsigned nulls = 0, total = 0;
-	size_t used;
+	unsigned nulls = 0;
+	struct dnswire_rr rr;
+	size_t pos = 0;
+	uint16_t pref;
+	int rc;
 
-	for (; ub->data[total] != NULL; total++) {
-		const uint8_t *p = (const uint8_t *)ub->data[total];
-		size_t len = (size_t)ub->len[total];
-		if (len < 3 || name_from_wire(p + 2, len - 2, name, &used) != 0 || used != len - 2)
+	while ((rc = dnswire_next(msg, &pos, &rr)) == 1) {
+		if (dnswire_mx(msg, &rr, &pref, name) != 0)
 			return -EBADMSG;
 		if (name[0] == '\0') {
 			/* "." among real hosts is a misconfiguration: skip it, use the rest. */
 			nulls++;
 			continue;
 		}
-		mx_insert(m, keys, (uint16_t)(p[0] << 8 | p[1]), rng_next(r->d), name);
+		mx_insert(m, keys, pref, rng_next(r->d), name);
 	}
+	if (rc < 0)
+		return -EBADMSG;
 	return nulls > 0 && m->host_count == 0 ? 1 : 0;
 }
 
@@ -448,7 +558,7 @@ mx_query_hosts(struct dns_req *r)
 		r->stage[i].security = DNS_SECURE;
 		for (unsigned fam = 0; fam < 2; fam++) {
 			int rc = query_wait(r, 1 + 2 * i + fam, m->hosts[i].name,
-			                    fam == 0 ? RR_A : RR_AAAA);
+			                    fam == 0 ? DNSWIRE_A : DNSWIRE_AAAA);
 			if (rc != 0)
 				mx_note(r->temp_why, "451 4.4.3 lookup of %s not started: %s",
 				        m->hosts[i].name, dns_strerror(rc));
@@ -482,7 +592,7 @@ mx_on_mx(struct dns_req *r, const struct dns_answer *a)
 		strcpy(m->hosts[0].name, r->name);
 		break;
 	case OUT_DATA:
-		rc = mx_parse(r, a->ub);
+		rc = mx_parse(r, a->msg);
 		if (rc < 0) {
 			set_reason(&m->status, m->reason, "451 4.4.3 malformed MX answer for %s",
 			           r->name);
@@ -503,7 +613,9 @@ mx_on_addr(struct dns_req *r, unsigned host, unsigned fam, const struct dns_answ
 {
 	struct dns_mx_stage *s = &r->stage[host];
 	const char *name = r->res.mx.hosts[host].name;
-	size_t want = fam == 0 ? 4 : 16;
+	size_t want = fam == 0 ? 4 : 16, pos = 0;
+	struct dnswire_rr rr;
+	int rc;
 
 	s->security = security_min(s->security, a->security);
 	if (a->outcome == OUT_BOGUS)
@@ -512,17 +624,16 @@ mx_on_addr(struct dns_req *r, unsigned host, unsigned fam, const struct dns_answ
 		mx_note(r->temp_why, "451 4.4.3 address lookup of %s failed: %s", name, a->why);
 	if (a->outcome != OUT_DATA)
 		return;
-	for (size_t i = 0; a->ub->data[i] != NULL; i++) {
-		if ((size_t)a->ub->len[i] != want) {
-			mx_note(r->temp_why, "451 4.4.3 malformed address answer for %s", name);
-			s->count[fam] = 0;
-			return;
-		}
+	while ((rc = dnswire_next(a->msg, &pos, &rr)) == 1 && rr.rdlen == want) {
 		if (s->count[fam] == DNS_ADDR_MAX)
 			continue;
 		struct dns_addr *addr = &s->addrs[fam][s->count[fam]++];
 		addr->family = fam == 0 ? AF_INET : AF_INET6;
-		memcpy(addr->bytes, a->ub->data[i], want);
+		memcpy(addr->bytes, a->msg->pkt + rr.rdata_off, want);
+	}
+	if (rc != 0) {
+		mx_note(r->temp_why, "451 4.4.3 malformed address answer for %s", name);
+		s->count[fam] = 0;
 	}
 }
 
@@ -598,15 +709,18 @@ tlsa_on_answer(struct dns_req *r, const struct dns_answer *a)
 		         a->outcome != OUT_DATA ? "none published" : "answer is insecure");
 		return;
 	}
-	for (size_t i = 0; a->ub->data[i] != NULL; i++) {
-		const uint8_t *p = (const uint8_t *)a->ub->data[i];
-		size_t len = (size_t)a->ub->len[i];
-		if (len < 4) {
+	struct dnswire_rr rr;
+	size_t pos = 0;
+	int rc;
+	while ((rc = dnswire_next(a->msg, &pos, &rr)) != 0) {
+		if (rc < 0 || rr.rdlen < 4) {
 			t->count = 0;
 			set_reason(&t->status, t->reason, "451 4.4.3 malformed TLSA answer for %s",
 			           r->name);
 			return;
 		}
+		const uint8_t *p = a->msg->pkt + rr.rdata_off;
+		size_t len = rr.rdlen;
 		if (t->count == DNS_TLSA_MAX || len - 3 > DNS_TLSA_DATA_MAX) {
 			t->skipped++;
 			continue;
@@ -629,7 +743,7 @@ req_on_answer(struct dns_req *r, unsigned index, const struct dns_answer *a)
 		mx_on_addr(r, (index - 1) / 2, (index - 1) % 2, a);
 }
 
-/* Queues r for its callback, which runs once libunbound's answers have all been read. */
+/* Queues r for its callback, which dns_process runs: never from inside dns_resolve_*(). */
 static void
 req_finish(struct dns_req *r)
 {
@@ -638,14 +752,13 @@ req_finish(struct dns_req *r)
 	if (r->kind == DNS_KIND_MX)
 		mx_finish(r);
 	r->done = true;
-	r->done_next = r->d->done;
-	r->d->done = r;
+	*r->d->done_tail = r;
+	r->d->done_tail = &r->done_next;
 }
 
 static void
-noop_cb(void *arg, int err, struct ub_result *ub)
+noop_cb(void *arg, int rcode, void *pkt, int pkt_len, int sec, char *why_bogus, int was_ratelimited)
 {
-	ub_resolve_free(ub);
 }
 
 __attribute__((format(printf, 3, 4))) static int
@@ -692,27 +805,25 @@ dns_configure(struct ub_ctx *ub, const struct dns_params *p, char *err, size_t e
 	    (rc = ub_ctx_hosts(ub, p->hosts_file)) != 0)
 		return config_error(err, err_len, "dns: cannot use dns.hosts_file %s: %s",
 		                    p->hosts_file, ub_strerror(rc));
-	if ((rc = ub_ctx_async(ub, 0)) != 0)
-		return config_error(err, err_len, "dns: %s", ub_strerror(rc));
 	return 0;
 }
 
 /*
- * libunbound forks its resolver process at the first asynchronous query. Doing it now, with a
- * query cancelled at once, fixes which descriptors the child inherits: those open right now.
+ * libunbound reads the trust anchor and sets up its modules at the first query. Doing it now,
+ * with "localhost" (answered from local data, or else cancelled), makes a bad configuration
+ * fail dns_new() instead of the first lookup.
  */
 static int
 dns_start_resolver(struct ub_ctx *ub, char *err, size_t err_len)
 {
 	int id, rc;
 
-	/* The child would write out a copy of anything still buffered in stdio when it exits. */
-	fflush(NULL);
-	rc = ub_resolve_async(ub, "localhost", RR_A, CLASS_IN, NULL, noop_cb, &id);
+	rc = ub_resolve_event(ub, "localhost", DNSWIRE_A, DNSWIRE_CLASS_IN, NULL, noop_cb, &id);
 	if (rc != 0)
 		return config_error(err, err_len, "dns: cannot start the resolver: %s",
 		                    ub_strerror(rc));
-	(void)ub_cancel(ub, id);
+	if (id != 0)
+		(void)ub_cancel(ub, id);
 	return 0;
 }
 
@@ -720,6 +831,7 @@ struct dns *
 dns_new(const struct dns_params *p, char *err, size_t err_len)
 {
 	struct dns *d;
+	int rc;
 
 	assert(p != NULL);
 	assert(err != NULL);
@@ -729,9 +841,16 @@ dns_new(const struct dns_params *p, char *err, size_t err_len)
 		snprintf(err, err_len, "dns: out of memory");
 		return NULL;
 	}
-	d->ub = ub_ctx_create();
+	fifo_init(&d->to_submit);
+	fifo_init(&d->answered);
+	d->done_tail = &d->done;
+	if ((rc = dnsevent_base_new(&d->ev)) != 0) {
+		snprintf(err, err_len, "dns: epoll_create1: %s", strerror(-rc));
+		goto fail;
+	}
+	d->ub = ub_ctx_create_ub_event(dnsevent_base_ub(d->ev));
 	if (d->ub == NULL) {
-		snprintf(err, err_len, "dns: ub_ctx_create failed (out of memory?)");
+		snprintf(err, err_len, "dns: ub_ctx_create_ub_event failed (out of memory?)");
 		goto fail;
 	}
 	if (getrandom(&d->rng, sizeof(d->rng), 0) != sizeof(d->rng)) {
@@ -749,6 +868,7 @@ dns_new(const struct dns_params *p, char *err, size_t err_len)
 fail:
 	if (d->ub != NULL)
 		ub_ctx_delete(d->ub);
+	dnsevent_base_free(d->ev);
 	free(d);
 	return NULL;
 }
@@ -762,9 +882,17 @@ dns_free(struct dns *d)
 	for (unsigned i = 0; i < DNS_INFLIGHT_MAX; i++)
 		if (d->slots[i] != NULL)
 			req_free(d->slots[i]);
+	struct dns_query *q;
+	while ((q = fifo_pop(&d->to_submit)) != NULL || (q = fifo_pop(&d->answered)) != NULL) {
+		assert(q->waits == NULL);
+		query_unlink(d, q);
+		query_free(q);
+	}
 	for (unsigned i = 0; i < DNS_HASH_BUCKETS; i++)
 		assert(d->buckets[i] == NULL);
+	/* Closes libunbound's sockets and frees its events, so the base goes last. */
 	ub_ctx_delete(d->ub);
+	dnsevent_base_free(d->ev);
 	free(d);
 }
 
@@ -772,30 +900,51 @@ int
 dns_fd(const struct dns *d)
 {
 	assert(d != NULL);
-	return ub_fd(d->ub);
+	return dnsevent_fd(d->ev);
+}
+
+int
+dns_timeout_ms(const struct dns *d)
+{
+	assert(d != NULL);
+	if (d->answered.head != NULL || d->done != NULL ||
+	    (d->to_submit.head != NULL && d->submitted < DNS_SUBMIT_MAX))
+		return 0;
+	return dnsevent_timeout_ms(d->ev);
+}
+
+static void
+req_callback(struct dns_req *r)
+{
+	if (!r->cancelled && r->kind == DNS_KIND_MX)
+		r->mx_cb(r->arg, &r->res.mx);
+	else if (!r->cancelled)
+		r->tlsa_cb(r->arg, &r->res.tlsa);
+	req_free(r);
 }
 
 int
 dns_process(struct dns *d)
 {
-	struct dns_req *r;
 	int rc;
 
 	assert(d != NULL);
 	assert(!d->busy);
 	d->busy = true;
-	rc = ub_process(d->ub);
-	/* Callbacks run after libunbound is done with its pipe, so they may resolve or cancel. */
-	while ((r = d->done) != NULL) {
+	rc = dnsevent_run(d->ev, DNS_EVENTS_PER_CALL);
+	/* Outside libunbound's callbacks now, so waiters may start queries and callbacks cancel. */
+	for (unsigned n = 0; n < DNS_EVENTS_PER_CALL && d->answered.head != NULL; n++)
+		query_deliver(d);
+	query_submit_queued(d, DNS_EVENTS_PER_CALL);
+	for (unsigned n = 0; n < DNS_EVENTS_PER_CALL && d->done != NULL; n++) {
+		struct dns_req *r = d->done;
 		d->done = r->done_next;
-		if (!r->cancelled && r->kind == DNS_KIND_MX)
-			r->mx_cb(r->arg, &r->res.mx);
-		else if (!r->cancelled)
-			r->tlsa_cb(r->arg, &r->res.tlsa);
-		req_free(r);
+		if (d->done == NULL)
+			d->done_tail = &d->done;
+		req_callback(r);
 	}
 	d->busy = false;
-	return rc == 0 ? 0 : -DNS_EUNBOUND;
+	return rc < 0 ? rc : 0;
 }
 
 /* Starts r's first query; on failure r is freed. Returns r's id or an error. */
@@ -826,7 +975,7 @@ dns_resolve_mx(struct dns *d, const char *domain, dns_mx_cb cb, void *arg)
 	if ((rc = req_new(d, DNS_KIND_MX, name, arg, &r)) != 0)
 		return rc;
 	r->mx_cb = cb;
-	return req_start(r, RR_MX);
+	return req_start(r, DNSWIRE_MX);
 }
 
 int
@@ -847,7 +996,7 @@ dns_resolve_tlsa(struct dns *d, const char *host, uint16_t port, dns_tlsa_cb cb,
 	if ((rc = req_new(d, DNS_KIND_TLSA, full, arg, &r)) != 0)
 		return rc;
 	r->tlsa_cb = cb;
-	return req_start(r, RR_TLSA);
+	return req_start(r, DNSWIRE_TLSA);
 }
 
 void

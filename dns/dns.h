@@ -1,13 +1,12 @@
 /*
  * dns: asynchronous, DNSSEC-validating MX, A/AAAA and TLSA resolution on one libunbound context.
  *
- * One struct dns per worker. Lookups never block: the worker polls dns_fd() for POLLIN and calls
- * dns_process() when it is readable; callbacks run from inside dns_process(), never from
- * dns_resolve_*(). Concurrent lookups of the same (name, type) share one libunbound query.
- *
- * libunbound 1.17 without threads runs its resolver in a child process forked by dns_new(); the
- * child inherits every descriptor open at that moment, so create contexts before opening
- * sockets, rings or files (see dns/README.md).
+ * One struct dns per worker, resolving inside the worker's own loop: no thread, no process.
+ * libunbound runs on a private epoll instance and timer list (libunbound's pluggable event
+ * base), so the worker sees one descriptor and one timeout. Lookups never block: the worker
+ * polls dns_fd() for POLLIN, arms a timer for dns_timeout_ms(), and calls dns_process() when
+ * either fires. Callbacks run from inside dns_process(), never from dns_resolve_*().
+ * Concurrent lookups of the same (name, type) share one libunbound query.
  */
 #ifndef RINGMX_DNS_DNS_H
 #define RINGMX_DNS_DNS_H
@@ -16,15 +15,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define DNS_NAME_MAX      253 /* text form, without the trailing dot */
-#define DNS_MX_MAX        10  /* next hops kept, lowest preferences first */
-#define DNS_ADDR_MAX      8   /* addresses kept per host, each family gets half if both exist */
-#define DNS_TLSA_MAX      8   /* TLSA records kept */
-#define DNS_TLSA_DATA_MAX 64  /* longer association data (full certificates) is skipped */
-#define DNS_FORWARD_MAX   8   /* dns.forward entries */
-#define DNS_REASON_MAX    384 /* "451 4.7.5 ..." with a full name; resolver detail truncated */
-#define DNS_INFLIGHT_BITS 13
-#define DNS_INFLIGHT_MAX  (1 << DNS_INFLIGHT_BITS) /* requests in flight per context */
+#define DNS_NAME_MAX        253 /* text form, without the trailing dot */
+#define DNS_MX_MAX          10  /* next hops kept, lowest preferences first */
+#define DNS_ADDR_MAX        8   /* addresses kept per host, each family gets half if both exist */
+#define DNS_TLSA_MAX        8   /* TLSA records kept */
+#define DNS_TLSA_DATA_MAX   64  /* longer association data (full certificates) is skipped */
+#define DNS_FORWARD_MAX     8   /* dns.forward entries */
+#define DNS_REASON_MAX      384 /* "451 4.7.5 ..." with a full name; resolver detail truncated */
+#define DNS_INFLIGHT_BITS   13
+#define DNS_INFLIGHT_MAX    (1 << DNS_INFLIGHT_BITS) /* requests in flight per context */
+#define DNS_EVENTS_PER_CALL 64
 
 enum dns_error {
 	DNS_EFULL = 1000, /* DNS_INFLIGHT_MAX requests already in flight */
@@ -102,12 +102,23 @@ struct dns;
 
 /* Returns NULL with a message in err on bad configuration or resource failure. */
 struct dns *dns_new(const struct dns_params *p, char *err, size_t err_len);
-/* Pending callbacks are dropped; stops the resolver process. */
+/* Pending callbacks are dropped; closes every descriptor the context opened. */
 void dns_free(struct dns *d);
 
-/* Poll for POLLIN; on readiness call dns_process(). */
+/* An epoll descriptor (close-on-exec): poll it for POLLIN, on readiness call dns_process(). */
 int dns_fd(const struct dns *d);
-/* Reads all available answers and runs callbacks. Returns 0 or -DNS_EUNBOUND. */
+/*
+ * Milliseconds until dns_process() must run even if dns_fd() stays quiet (libunbound's next
+ * timeout; 0 when work is already queued), or -1 for no deadline. Ask again after every
+ * dns_process() and dns_resolve_*() call, and call dns_process() when the timer expires.
+ */
+int dns_timeout_ms(const struct dns *d);
+/*
+ * Runs due timeouts and ready descriptors, hands answers to requests and runs callbacks: at most
+ * DNS_EVENTS_PER_CALL of each, so one call cannot stall the loop; dns_fd() stays readable or
+ * dns_timeout_ms() returns 0 while more is waiting. Never blocks. Not from inside a callback.
+ * Returns 0 or -errno (epoll_wait failed).
+ */
 int dns_process(struct dns *d);
 
 /* Return a request id (> 0) for dns_cancel, -EINVAL for a bad name or -DNS_EFULL. */

@@ -11,6 +11,7 @@ mkdir -p "$out"
 # target: the sources it needs besides itself
 declare -A sources=(
 	[address]="core/address.c"
+	[dns_answer]="dns/dnswire.c"
 	[smtp_server]="core/smtp_server.c core/address.c"
 	[smtp_client]="core/smtp_client.c core/address.c"
 	[journal_replay]="queue/journal.c queue/queue.c queue/crc32c.c"
