@@ -87,13 +87,25 @@ connlimit_find(struct connlimit *cl, const uint8_t key[16])
 	}
 }
 
-enum connlimit_verdict
-connlimit_acquire(struct connlimit *cl, const struct sockaddr *addr)
+/* Two FNV-1a variants side by side: 128 bits, so distinct names practically never share. */
+static void
+connlimit_name_key(const char *name, uint8_t key[16])
 {
-	uint8_t key[16];
+	uint64_t a = 0xcbf29ce484222325ull, b = 0x84222325cbf29ce4ull;
+
+	for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
+		a = (a ^ *p) * 0x100000001b3ull;
+		b = (b ^ *p) * 0x9e3779b97f4a7c15ull;
+	}
+	memcpy(key, &a, 8);
+	memcpy(key + 8, &b, 8);
+}
+
+static enum connlimit_verdict
+connlimit_acquire_key(struct connlimit *cl, const uint8_t key[16])
+{
 	enum connlimit_verdict v = CONNLIMIT_OK;
 
-	connlimit_key(addr, key);
 	pthread_mutex_lock(&cl->lock);
 	struct connlimit_slot *s = connlimit_find(cl, key);
 	if (cl->total >= cl->total_max) {
@@ -107,6 +119,24 @@ connlimit_acquire(struct connlimit *cl, const struct sockaddr *addr)
 	}
 	pthread_mutex_unlock(&cl->lock);
 	return v;
+}
+
+enum connlimit_verdict
+connlimit_acquire(struct connlimit *cl, const struct sockaddr *addr)
+{
+	uint8_t key[16];
+
+	connlimit_key(addr, key);
+	return connlimit_acquire_key(cl, key);
+}
+
+enum connlimit_verdict
+connlimit_acquire_name(struct connlimit *cl, const char *name)
+{
+	uint8_t key[16];
+
+	connlimit_name_key(name, key);
+	return connlimit_acquire_key(cl, key);
 }
 
 static void
@@ -125,12 +155,9 @@ connlimit_delete(struct connlimit *cl, struct connlimit_slot *hole)
 	cl->slots[i].count = 0;
 }
 
-void
-connlimit_release(struct connlimit *cl, const struct sockaddr *addr)
+static void
+connlimit_release_key(struct connlimit *cl, const uint8_t key[16])
 {
-	uint8_t key[16];
-
-	connlimit_key(addr, key);
 	pthread_mutex_lock(&cl->lock);
 	struct connlimit_slot *s = connlimit_find(cl, key);
 	assert(s->count > 0);
@@ -139,4 +166,22 @@ connlimit_release(struct connlimit *cl, const struct sockaddr *addr)
 	if (--s->count == 0)
 		connlimit_delete(cl, s);
 	pthread_mutex_unlock(&cl->lock);
+}
+
+void
+connlimit_release(struct connlimit *cl, const struct sockaddr *addr)
+{
+	uint8_t key[16];
+
+	connlimit_key(addr, key);
+	connlimit_release_key(cl, key);
+}
+
+void
+connlimit_release_name(struct connlimit *cl, const char *name)
+{
+	uint8_t key[16];
+
+	connlimit_name_key(name, key);
+	connlimit_release_key(cl, key);
 }

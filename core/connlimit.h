@@ -4,7 +4,8 @@
  *
  * SO_REUSEPORT spreads one client's connections over every worker, so these
  * counts are the one piece of state the workers share. It is touched only when a
- * connection opens or closes, never on the data path, under one mutex.
+ * connection opens or closes, never on the data path, under one mutex. The outbound
+ * side uses a second table the same way for max_connections_per_destination.
  */
 #ifndef RINGMX_CORE_CONNLIMIT_H
 #define RINGMX_CORE_CONNLIMIT_H
@@ -29,5 +30,12 @@ enum connlimit_verdict connlimit_acquire(struct connlimit *cl, const struct sock
 
 /* Releases what connlimit_acquire counted for addr. */
 void connlimit_release(struct connlimit *cl, const struct sockaddr *addr);
+
+/*
+ * The same for any name, such as an outbound destination ("[192.0.2.1]:25"): counted
+ * under a 128-bit hash of it, so two names share a count only if their hashes collide.
+ */
+enum connlimit_verdict connlimit_acquire_name(struct connlimit *cl, const char *name);
+void connlimit_release_name(struct connlimit *cl, const char *name);
 
 #endif

@@ -139,7 +139,7 @@ drop_privileges(const char *user, const char *spool_dir, char *err, size_t err_l
 struct server {
 	const struct config *cfg;
 	struct policy *policy;
-	struct connlimit *limits;
+	struct worker_shared shared;
 	struct worker *workers[CONFIG_WORKERS_MAX];
 	unsigned started;
 	int listen_fds[CONFIG_WORKERS_MAX][CONFIG_LISTEN_MAX];
@@ -185,7 +185,7 @@ server_start(struct server *s, char *err, size_t err_len)
 	const struct config *cfg = s->cfg;
 
 	for (unsigned i = 0; i < cfg->workers; i++) {
-		s->workers[i] = worker_new(i, cfg, s->policy, s->limits, s->listen_fds[i], err,
+		s->workers[i] = worker_new(i, cfg, s->policy, &s->shared, s->listen_fds[i], err,
 					   err_len);
 		if (s->workers[i] == NULL)
 			return -1;
@@ -223,8 +223,11 @@ run(const struct config *cfg)
 	s.policy = policy_new(cfg, err, sizeof(err));
 	if (s.policy == NULL)
 		goto fail;
-	s.limits = connlimit_new(cfg->limits_max_connections, cfg->limits_max_connections_per_ip);
-	if (s.limits == NULL) {
+	s.shared.inbound =
+		connlimit_new(cfg->limits_max_connections, cfg->limits_max_connections_per_ip);
+	s.shared.outbound = connlimit_new(WORKER_OUT_CONN_MAX * cfg->workers,
+					  cfg->outbound_max_connections_per_destination);
+	if (s.shared.inbound == NULL || s.shared.outbound == NULL) {
 		snprintf(err, sizeof(err), "out of memory");
 		goto fail;
 	}
@@ -270,7 +273,8 @@ out:
 	if (sfd >= 0)
 		close(sfd);
 	policy_free(s.policy);
-	connlimit_free(s.limits);
+	connlimit_free(s.shared.inbound);
+	connlimit_free(s.shared.outbound);
 	return rc;
 }
 

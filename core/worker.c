@@ -1430,7 +1430,7 @@ worker_alloc(struct worker *w)
 
 struct worker *
 worker_new(unsigned index, const struct config *cfg, const struct policy *policy,
-	   struct connlimit *limits, const int *listen_fds, char *err, size_t err_len)
+	   const struct worker_shared *shared, const int *listen_fds, char *err, size_t err_len)
 {
 	struct worker *w = calloc(1, sizeof(*w));
 	char dir[CONFIG_PATH_LEN + 16];
@@ -1442,7 +1442,8 @@ worker_new(unsigned index, const struct config *cfg, const struct policy *policy
 	w->index = index;
 	w->cfg = cfg;
 	w->policy = policy;
-	w->limits = limits;
+	w->limits = shared->inbound;
+	w->dest_limits = shared->outbound;
 	w->mailbox_fd = -1;
 	w->ring.ring_fd = -1;
 	snprintf(w->name, sizeof(w->name), "w%u", index);

@@ -99,7 +99,7 @@ struct conn {
 };
 
 /* Outbound delivery, worker_out.c. */
-#define OUT_CONN_MAX		 1024	/* outbound connections per worker */
+#define OUT_CONN_MAX		 WORKER_OUT_CONN_MAX
 #define OUT_ADDRS_MAX		 16	/* addresses tried per connection */
 #define OUT_IOV_MAX		 64	/* iovecs in one send */
 #define OUT_STASH_MAX		 (64 * 1024)	/* reply bytes held while our output is pending */
@@ -205,6 +205,9 @@ struct worker {
 	/* outbound delivery (worker_out.c) */
 	uint64_t wall_ms;	/* wall clock, once per turn: recipients' next attempts */
 	struct sched *sched;
+	struct connlimit *dest_limits;
+	struct sched_dest **blocked;	/* waiting for a connection slot another worker holds */
+	size_t blocked_count, blocked_cap;
 	struct oconn *oconns;
 	unsigned *ofree, ofree_count;
 	unsigned dsn_seq;

@@ -67,6 +67,7 @@ out_free(struct worker *w)
 		free(oc->stash);
 	}
 	sched_free(w->sched);
+	free(w->blocked);
 	free(w->oconns);
 	free(w->ofree);
 }
@@ -584,6 +585,7 @@ oconn_close(struct worker *w, struct oconn *oc, const char *text)
 	d->active--;
 	if (!oc->session_ok)
 		d->opening--;
+	connlimit_release_name(w->dest_limits, d->route.key);
 	if (d->jobs > 0)
 		sched_runnable_put(w->sched, d);
 	if (oc->inflight == 0)
@@ -686,9 +688,33 @@ out_literal(const struct sched_route *r, uint16_t port, struct sockaddr_storage 
 }
 
 /* Opens one more connection to d; false when the destination can't be reached now. */
+/* The destination waits for a slot another worker holds: looked at again each tick. */
+static void
+out_block(struct worker *w, struct sched_dest *d)
+{
+	for (size_t i = 0; i < w->blocked_count; i++) {
+		if (w->blocked[i] == d)
+			return;
+	}
+	if (w->blocked_count == w->blocked_cap) {
+		size_t cap = w->blocked_cap ? 2 * w->blocked_cap : 16;
+		struct sched_dest **p = realloc(w->blocked, cap * sizeof(*p));
+		if (p == NULL)
+			return;	/* it runs again when one of our own connections to it ends */
+		w->blocked = p;
+		w->blocked_cap = cap;
+	}
+	w->blocked[w->blocked_count++] = d;
+}
+
 static bool
 out_open(struct worker *w, struct sched_dest *d)
 {
+	if (connlimit_acquire_name(w->dest_limits, d->route.key) != CONNLIMIT_OK) {
+		if (d->active == 0)
+			out_block(w, d);
+		return false;
+	}
 	struct oconn *oc = &w->oconns[w->ofree[--w->ofree_count]];
 	const struct config *cfg = w->cfg;
 
@@ -1073,9 +1099,7 @@ out_dispatch(struct worker *w)
 			oc->next_idle = NULL;
 			out_next(w, oc);
 		}
-		while (d->jobs > d->opening &&
-		       d->active < w->cfg->outbound_max_connections_per_destination &&
-		       w->ofree_count > 0 && !w->stopping) {
+		while (d->jobs > d->opening && w->ofree_count > 0 && !w->stopping) {
 			if (!out_open(w, d))
 				break;
 		}
@@ -1107,6 +1131,9 @@ out_tick(struct worker *w)
 	uint64_t ids[OUT_DUE_BATCH];
 	size_t n;
 
+	for (size_t i = 0; i < w->blocked_count; i++)
+		sched_runnable_put(w->sched, w->blocked[i]);
+	w->blocked_count = 0;
 	do {
 		n = sched_due(w->sched, w->wall_ms, ids, OUT_DUE_BATCH);
 		for (size_t i = 0; i < n; i++) {

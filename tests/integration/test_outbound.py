@@ -187,9 +187,6 @@ def test_max_connections_per_destination_one_worker(ringmx_factory):
     assert sink.connections < 50, sink.connections
 
 
-@pytest.mark.xfail(strict=True, reason="bug: max_connections_per_destination is enforced per "
-                   "worker (sched_dest/d->active in each worker's scheduler), so N workers "
-                   "open up to N*max connections to one destination")
 def test_max_connections_per_destination_two_workers(ringmx_factory):
     sink = concurrency_run(ringmx_factory, workers=2, max_conn=2, max_msgs=100)
     assert sink.max_concurrent <= 2, sink.max_concurrent
@@ -207,7 +204,7 @@ def test_hold_release(ringmx_factory):
         assert sink.accepted() == []
         assert len(outcome_lines(server, qid, "deferred")) == 1
         server.ctl("release", qid)
-        assert server.queue()[0]["state"] == "queued"
+        assert all(m["state"] == "queued" for m in server.queue())  # or already gone
         sink.wait_accepted(1, timeout=10)
         wait_empty(server)
 
