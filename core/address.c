@@ -14,6 +14,7 @@
 
 #include <arpa/inet.h>
 #include <assert.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <strings.h>
@@ -516,6 +517,91 @@ address_format(const struct address *a, char *buf, size_t size)
 	if (o.len >= size)
 		return -1;
 	buf[o.len] = '\0';
+	return (int)o.len;
+}
+
+bool
+address_atom_valid(const char *text, size_t len)
+{
+	assert(text != NULL || len == 0);
+	for (size_t i = 0; i < len; i++) {
+		if (!char_is_atext((unsigned char)text[i]))
+			return false;
+	}
+	return len > 0;
+}
+
+static const char xtext_hex[] = "0123456789ABCDEF";
+
+static bool
+xtext_is_xchar(unsigned char c)
+{
+	return c >= '!' && c <= '~' && c != '+' && c != '=';
+}
+
+/*
+ * Upper-case only: RFC 3461 §4 writes hexchar with upper-case digits, and one spelling
+ * per octet keeps a stored ENVID or ORCPT comparable byte for byte.
+ */
+static int
+xtext_hex_value(unsigned char c)
+{
+	const char *p = c != '\0' ? strchr(xtext_hex, c) : NULL;
+
+	return p != NULL ? (int)(p - xtext_hex) : -1;
+}
+
+int
+address_xtext_decode(const char *text, size_t len, char *out, size_t size)
+{
+	const unsigned char *s = (const unsigned char *)text;
+	struct out_buf o = {.buf = out, .size = size, .len = 0};
+
+	assert(text != NULL || len == 0);
+	assert(out != NULL || size == 0);
+	assert(len <= INT_MAX);
+	for (size_t i = 0; i < len; i++) {
+		int hi, lo;
+
+		if (xtext_is_xchar(s[i])) {
+			out_put(&o, (char)s[i]);
+			continue;
+		}
+		if (s[i] != '+' || len - i < 3)
+			return -1;
+		hi = xtext_hex_value(s[i + 1]);
+		lo = xtext_hex_value(s[i + 2]);
+		if (hi < 0 || lo < 0)
+			return -1;
+		out_put(&o, (char)(hi << 4 | lo));
+		i += 2;
+	}
+	if (size > 0)
+		out[o.len < size ? o.len : size - 1] = '\0';
+	return (int)o.len;
+}
+
+int
+address_xtext_encode(const char *in, size_t len, char *out, size_t size)
+{
+	struct out_buf o = {.buf = out, .size = size, .len = 0};
+
+	assert(in != NULL || len == 0);
+	assert(out != NULL || size == 0);
+	assert(len <= INT_MAX / 3);
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)in[i];
+
+		if (xtext_is_xchar(c)) {
+			out_put(&o, (char)c);
+			continue;
+		}
+		out_put(&o, '+');
+		out_put(&o, xtext_hex[c >> 4]);
+		out_put(&o, xtext_hex[c & 0xf]);
+	}
+	if (size > 0)
+		out[o.len < size ? o.len : size - 1] = '\0';
 	return (int)o.len;
 }
 

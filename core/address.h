@@ -8,11 +8,11 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#define ADDRESS_LOCAL_MAX  64  /* RFC 5321 §4.5.3.1.1, octets */
-#define ADDRESS_DOMAIN_MAX 255 /* §4.5.3.1.2 */
-#define ADDRESS_PATH_MAX   256 /* §4.5.3.1.3, including the angle brackets */
-#define ADDRESS_PARAMS_MAX 16  /* ESMTP parameters on one MAIL or RCPT */
-#define ADDRESS_PARAM_LEN  500 /* one keyword=value, as read off the command line */
+#define ADDRESS_LOCAL_MAX  64   /* RFC 5321 §4.5.3.1.1, octets */
+#define ADDRESS_DOMAIN_MAX 255  /* §4.5.3.1.2 */
+#define ADDRESS_PATH_MAX   256  /* §4.5.3.1.3, including the angle brackets */
+#define ADDRESS_PARAMS_MAX 16   /* ESMTP parameters on one MAIL or RCPT */
+#define ADDRESS_PARAM_LEN  1000 /* one keyword=value: at most an extended command line */
 
 enum address_error {
 	ADDRESS_OK = 0,
@@ -83,6 +83,25 @@ bool address_is_postmaster(const struct address *a);
  * buf, NUL-terminated; returns the length, or -1 if it does not fit.
  */
 int address_format(const struct address *a, char *buf, size_t size);
+
+/* True when text[0..len) is an RFC 5322 atom: one or more atext characters, ASCII only. */
+bool address_atom_valid(const char *text, size_t len);
+
+/*
+ * RFC 3461 §4 xtext, the encoding of the DSN parameters ENVID and ORCPT: an xchar is
+ * '!'..'~' except '+' and '='; any other octet is "+HH" with two upper-case hex digits.
+ *
+ * address_xtext_decode() decodes text[0..len) into out (size octets, NUL-terminated
+ * when size > 0; out may be NULL with size 0 to validate and measure only). Returns
+ * the decoded length even when it did not fit in size (as snprintf), or -1 when the
+ * text is not xtext ("+" not followed by two upper-case hex digits, or an octet
+ * outside '!'..'~', or '='). The decoded octets may be any value, NUL included.
+ *
+ * address_xtext_encode() encodes in[0..len) into out the same way and returns the
+ * encoded length (up to 3 * len, so len is at most INT_MAX / 3), even when it did not fit.
+ */
+int address_xtext_decode(const char *text, size_t len, char *out, size_t size);
+int address_xtext_encode(const char *in, size_t len, char *out, size_t size);
 
 /* ASCII case-insensitive domain comparison, ignoring one trailing dot on either side. */
 bool address_domain_equal(const char *a, const char *b);

@@ -16,6 +16,9 @@
 
 static_assert(SMTP_LINE_MAX <= SMTP_LINE_EXT_MAX, "the extended line limit is the larger");
 static_assert(SMTP_HELO_MAX + 16 <= SMTP_REPLY_LINE_MAX, "the hostname fits in a reply line");
+/* The parameters are part of a command line, so they always fit their buffer. */
+static_assert(SMTP_PARAMS_MAX >= SMTP_LINE_EXT_MAX, "a line's parameters fit SMTP_PARAMS_MAX");
+static_assert(SMTP_ORCPT_MAX >= SMTP_ENVID_MAX, "one decoding buffer serves both");
 
 enum smtp_body_state {
 	BODY_LINE_START, /* after a real CRLF (or the DATA line): a dot is special */
@@ -28,7 +31,7 @@ enum smtp_body_state {
 /* A MAIL or RCPT argument as parsed by the check, committed by the proceed. */
 struct smtp_path_cmd {
 	struct address addr;
-	char params[ADDRESS_PARAM_LEN];
+	char params[SMTP_PARAMS_MAX];                   /* as in smtp_server.h */
 	struct address_param param[ADDRESS_PARAMS_MAX]; /* values point into the line */
 	size_t param_count;
 	bool body_8bitmime;
@@ -86,6 +89,7 @@ static const char reply_ok[] = "250 2.0.0 Ok";
 static const char reply_nomem[] = "452 4.3.1 Insufficient system storage";
 static const char reply_need_mail[] = "503 5.5.1 Error: need MAIL command";
 static const char reply_params[] = "501 5.5.4 Syntax error in parameters";
+static const char reply_unsupported[] = "555 5.5.4 Unsupported parameter";
 
 #define STATE_BIT(st) (1u << (st))
 
@@ -253,7 +257,7 @@ static enum smtp_event_type
 smtp_proceed_ehlo(struct smtp_server *s, const char *args, size_t len, struct smtp_event *ev)
 {
 	char size[40];
-	const char *lines[8];
+	const char *lines[9];
 	size_t n = 0;
 
 	smtp_server_set_helo(s, args, len, true);
@@ -263,6 +267,7 @@ smtp_proceed_ehlo(struct smtp_server *s, const char *args, size_t len, struct sm
 	lines[n++] = size;
 	lines[n++] = "8BITMIME";
 	lines[n++] = "ENHANCEDSTATUSCODES";
+	lines[n++] = "DSN";
 	lines[n++] = "SMTPUTF8";
 	if (s->params.starttls_offer && !s->params.tls_active)
 		lines[n++] = "STARTTLS";
@@ -311,7 +316,7 @@ smtp_server_parse_path(struct smtp_server *s, const char *args, size_t len, cons
                        bool allow_utf8)
 {
 	struct smtp_path_cmd *c = &s->cmd;
-	size_t skip = strlen(keyword), end = 0, plen;
+	size_t skip = strlen(keyword), end = 0;
 	enum address_error err;
 
 	if (!ascii_prefix(args, len, keyword))
@@ -331,17 +336,48 @@ smtp_server_parse_path(struct smtp_server *s, const char *args, size_t len, cons
 	/* Only ESMTP parameters may take a MAIL or RCPT line past SMTP_LINE_MAX. */
 	if (end == len && s->line_total > SMTP_LINE_MAX)
 		return reply_too_long;
-	for (plen = end; plen < len && args[plen] == ' ';)
-		plen++;
-	if (len - plen >= sizeof(c->params))
-		return "501 5.5.4 Error: parameters too long";
-	memcpy(c->params, args + plen, len - plen);
-	c->params[len - plen] = '\0';
 	c->param_count = 0;
+	c->params[0] = '\0';
 	if (end == len)
 		return NULL;
 	err = address_parse_params(args + end, len - end, c->param, &c->param_count);
 	return err == ADDRESS_OK ? NULL : smtp_address_reply(err);
+}
+
+/* Values that are keywords get one spelling, so the relay can match them exactly. */
+static bool
+smtp_param_value_is_keyword(const char *keyword)
+{
+	return strcmp(keyword, "BODY") == 0 || strcmp(keyword, "RET") == 0 ||
+	       strcmp(keyword, "NOTIFY") == 0;
+}
+
+/*
+ * Writes the accepted parameters into c->params as smtp_server.h describes. The
+ * result is never longer than the parameter text of the line, so it fits.
+ */
+static void
+smtp_server_params_format(struct smtp_path_cmd *c)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < c->param_count; i++) {
+		const struct address_param *p = &c->param[i];
+		size_t klen = strlen(p->keyword);
+		bool upper = smtp_param_value_is_keyword(p->keyword);
+
+		assert(n + 1 + klen + 1 + p->value_len < sizeof(c->params));
+		if (i > 0)
+			c->params[n++] = ' ';
+		memcpy(c->params + n, p->keyword, klen);
+		n += klen;
+		if (p->value == NULL)
+			continue;
+		c->params[n++] = '=';
+		for (size_t j = 0; j < p->value_len; j++)
+			c->params[n++] = upper ? ascii_upper(p->value[j]) : p->value[j];
+	}
+	c->params[n] = '\0';
 }
 
 /* RFC 1870 SIZE=: digits only; anything past the limit is refused, so no overflow. */
@@ -365,6 +401,106 @@ smtp_server_param_size(struct smtp_server *s, const struct address_param *p)
 	return NULL;
 }
 
+/* DSN parameters (RFC 3461 §4) */
+
+/*
+ * An ENVID or ORCPT address: valid xtext decoding to 1..max octets of printable ASCII,
+ * as the DSN that may quote it (RFC 3464) is a text message. Returns the refusal or NULL.
+ */
+static const char *
+smtp_server_check_xtext(const char *v, size_t len, size_t max, const char *bad,
+                        const char *too_long)
+{
+	char text[SMTP_ORCPT_MAX + 1];
+	int n;
+
+	assert(max < sizeof(text));
+	n = address_xtext_decode(v, len, text, max + 1);
+	if (n <= 0)
+		return bad;
+	if ((size_t)n > max)
+		return too_long;
+	for (int i = 0; i < n; i++) {
+		if (text[i] < 0x20 || text[i] > 0x7e)
+			return bad;
+	}
+	return NULL;
+}
+
+static const char *
+smtp_server_param_ret(const struct address_param *p)
+{
+	if (p->value == NULL || (!ascii_equal(p->value, p->value_len, "FULL") &&
+	                         !ascii_equal(p->value, p->value_len, "HDRS")))
+		return "501 5.5.4 Bad RET parameter: FULL or HDRS";
+	return NULL;
+}
+
+static const char *
+smtp_server_param_envid(const struct address_param *p)
+{
+	if (p->value == NULL)
+		return "501 5.5.4 Bad ENVID parameter: xtext expected";
+	return smtp_server_check_xtext(
+	    p->value, p->value_len, SMTP_ENVID_MAX, "501 5.5.4 Bad ENVID parameter: xtext expected",
+	    "501 5.5.4 ENVID parameter too long: 100 characters at most");
+}
+
+/* NEVER, or a list of SUCCESS, FAILURE and DELAY, each once (RFC 3461 §4.1). */
+static const char *
+smtp_server_param_notify(const struct address_param *p)
+{
+	static const char *const words[] = {"NEVER", "SUCCESS", "FAILURE", "DELAY"};
+	static const char bad[] = "501 5.5.4 Bad NOTIFY parameter: NEVER, or SUCCESS,FAILURE,DELAY";
+	const size_t nwords = sizeof(words) / sizeof(words[0]);
+	unsigned seen = 0;
+
+	for (size_t i = 0; p->value != NULL && i <= p->value_len;) {
+		const char *w = p->value + i;
+		const char *comma = memchr(w, ',', p->value_len - i);
+		size_t n = comma != NULL ? (size_t)(comma - w) : p->value_len - i, k = 0;
+
+		while (k < nwords && !ascii_equal(w, n, words[k]))
+			k++;
+		if (k == nwords || (seen & 1u << k))
+			return bad;
+		seen |= 1u << k;
+		i += n + 1;
+	}
+	/* NEVER is bit 0: alone, or not at all. */
+	if (seen == 0 || ((seen & 1u) && seen != 1u))
+		return bad;
+	return NULL;
+}
+
+/* addr-type ";" xtext (RFC 3461 §4.2); addr-type is an atom such as rfc822 or utf-8. */
+static const char *
+smtp_server_param_orcpt(const struct address_param *p)
+{
+	static const char bad[] = "501 5.5.4 Bad ORCPT parameter: addr-type;xtext expected";
+	const char *semi = p->value != NULL ? memchr(p->value, ';', p->value_len) : NULL;
+	size_t type_len;
+
+	if (semi == NULL)
+		return bad;
+	type_len = (size_t)(semi - p->value);
+	if (!address_atom_valid(p->value, type_len))
+		return bad;
+	return smtp_server_check_xtext(
+	    semi + 1, p->value_len - type_len - 1, SMTP_ORCPT_MAX, bad,
+	    "501 5.5.4 ORCPT parameter too long: 500 characters at most");
+}
+
+static const char *
+smtp_server_rcpt_param(const struct address_param *p)
+{
+	if (strcmp(p->keyword, "NOTIFY") == 0)
+		return smtp_server_param_notify(p);
+	if (strcmp(p->keyword, "ORCPT") == 0)
+		return smtp_server_param_orcpt(p);
+	return reply_unsupported;
+}
+
 static const char *
 smtp_server_mail_param(struct smtp_server *s, const struct address_param *p)
 {
@@ -381,7 +517,11 @@ smtp_server_mail_param(struct smtp_server *s, const struct address_param *p)
 		s->cmd.smtputf8 = true;
 		return p->value == NULL ? NULL : reply_params;
 	}
-	return "555 5.5.4 Unsupported parameter";
+	if (strcmp(p->keyword, "RET") == 0)
+		return smtp_server_param_ret(p);
+	if (strcmp(p->keyword, "ENVID") == 0)
+		return smtp_server_param_envid(p);
+	return reply_unsupported;
 }
 
 static const char *
@@ -405,6 +545,8 @@ smtp_check_mail(struct smtp_server *s, const char *args, size_t len)
 		refusal = smtp_server_mail_param(s, &s->cmd.param[i]);
 	if (refusal == NULL && s->cmd.addr.utf8 && !s->cmd.smtputf8)
 		refusal = smtp_address_reply(ADDRESS_EUTF8);
+	if (refusal == NULL)
+		smtp_server_params_format(&s->cmd);
 	return refusal;
 }
 
@@ -456,9 +598,12 @@ smtp_check_rcpt(struct smtp_server *s, const char *args, size_t len)
 		return refusal;
 	if (s->cmd.addr.null)
 		return "501 5.1.3 Bad recipient address syntax";
-	/* No RCPT extension (DSN) is advertised. */
-	if (s->cmd.param_count > 0)
-		return "555 5.5.4 Unsupported parameter";
+	for (size_t i = 0; i < s->cmd.param_count; i++) {
+		refusal = smtp_server_rcpt_param(&s->cmd.param[i]);
+		if (refusal != NULL)
+			return refusal;
+	}
+	smtp_server_params_format(&s->cmd);
 	if (s->env.rcpt_count >= s->limits.rcpt_count_max)
 		return "452 4.5.3 Too many recipients";
 	if (!smtp_server_rcpt_reserve(s))

@@ -19,10 +19,13 @@
 #include "core/address.h"
 
 #define SMTP_LINE_MAX     512         /* RFC 5321 §4.5.3.1.4, with CRLF */
-#define SMTP_LINE_EXT_MAX 1000        /* allowed once an extension makes lines longer */
+#define SMTP_LINE_EXT_MAX 1012        /* with ESMTP parameters: RFC 3461 §4 adds 500 to RCPT */
 #define SMTP_OUTPUT_MAX   (64 * 1024) /* queued reply bytes before we stop reading */
 #define SMTP_HELO_MAX     255
-#define SMTP_RECEIVED_MAX 1024 /* the Received: header we prepend */
+#define SMTP_RECEIVED_MAX 1024              /* the Received: header we prepend */
+#define SMTP_PARAMS_MAX   SMTP_LINE_EXT_MAX /* the parameters of one MAIL or RCPT, with NUL */
+#define SMTP_ENVID_MAX    100               /* RFC 3461 §4.4: ENVID, decoded */
+#define SMTP_ORCPT_MAX    500               /* RFC 3461 §4.2: the address of ORCPT, decoded */
 
 enum smtp_server_state {
 	SMTP_SERVER_GREETING,  /* waiting for EHLO/HELO */
@@ -68,16 +71,29 @@ struct smtp_server_limits {
 	unsigned error_count_max; /* 421 4.7.0 and close at this many bad commands */
 };
 
-/* A recipient as accepted: the parsed mailbox and its ESMTP parameters (raw). */
+/*
+ * A recipient as accepted: the parsed mailbox and its ESMTP parameters.
+ *
+ * Parameters (here and in smtp_envelope.sender_params) are what the queue stores and
+ * the relay passes on: the text after the path ("" if none) in one spelling,
+ * "KEYWORD[=value]" joined by single spaces, keywords upper-case, in the order
+ * received, each keyword at most once. Only these are accepted, with valid values:
+ *   MAIL  SIZE=digits  BODY=7BIT|8BITMIME  SMTPUTF8  RET=FULL|HDRS  ENVID=xtext
+ *   RCPT  NOTIFY=NEVER|SUCCESS,FAILURE,DELAY (a list in any order)  ORCPT=type;xtext
+ * BODY, RET and NOTIFY values are upper-cased. ENVID and ORCPT stay as received, valid
+ * RFC 3461 xtext (see address_xtext_decode()) that decodes to printable ASCII: an
+ * ENVID of at most SMTP_ENVID_MAX; an ORCPT address of at most SMTP_ORCPT_MAX after
+ * an atom type such as "rfc822" or "utf-8" (its case as received).
+ */
 struct smtp_rcpt {
 	struct address addr;
-	char params[ADDRESS_PARAM_LEN]; /* the text after the path, trimmed; "" if none */
+	char params[SMTP_PARAMS_MAX]; /* NOTIFY and ORCPT, as above */
 };
 
 /* The envelope of the current transaction, valid from SMTP_EV_MESSAGE until done. */
 struct smtp_envelope {
 	struct address sender;
-	char sender_params[ADDRESS_PARAM_LEN];
+	char sender_params[SMTP_PARAMS_MAX]; /* SIZE, BODY, SMTPUTF8, RET and ENVID, as above */
 	bool body_8bitmime;
 	bool smtputf8;
 	const struct smtp_rcpt *rcpts;

@@ -1,5 +1,6 @@
 /*
- * fuzz_address.c -- libFuzzer target for address_parse_path and address_parse_params.
+ * fuzz_address.c -- libFuzzer target for address_parse_path, address_parse_params and
+ * the xtext codec.
  *
  * The first octet picks allow_null/allow_utf8; the rest is a MAIL/RCPT argument. Beyond
  * memory safety it checks what the server relies on: accepted mailboxes respect their
@@ -61,6 +62,28 @@ check_params(const char *text, size_t len)
 	}
 }
 
+/*
+ * RFC 3461 xtext: a valid text never decodes longer, and encoding what it decoded to
+ * decodes back to the same octets.
+ */
+static void
+check_xtext(const char *text, size_t len)
+{
+	static char dec[4096], enc[3 * sizeof(dec)], again[sizeof(dec)];
+	int n = address_xtext_decode(text, len, dec, sizeof(dec));
+	int e;
+
+	assert(n >= -1);
+	assert(n <= (int)len);
+	if (n < 0 || (size_t)n >= sizeof(dec))
+		return;
+	e = address_xtext_encode(dec, (size_t)n, enc, sizeof(enc));
+	assert(e >= n);
+	assert((size_t)e < sizeof(enc));
+	assert(address_xtext_decode(enc, (size_t)e, again, sizeof(again)) == n);
+	assert(memcmp(dec, again, (size_t)n) == 0);
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -77,6 +100,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	text = (const char *)data + 1;
 	size--;
 	check_params(text, size);
+	check_xtext(text, size);
 	if (address_parse_path(text, size, allow_null, allow_utf8, &a, &end) != ADDRESS_OK)
 		return 0;
 	assert(end >= 2 && end <= size && end <= ADDRESS_PATH_MAX);

@@ -90,8 +90,28 @@ def test_ehlo_advertises_extensions(ringmx):
         lines = text.decode().split("\n")
         assert lines[0] == "mx.ringmx.test"
         keywords = {line.split()[0] for line in lines[1:]}
-        assert {"PIPELINING", "SIZE", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8"} <= keywords
+        assert {"PIPELINING", "SIZE", "8BITMIME", "ENHANCEDSTATUSCODES", "DSN",
+                "SMTPUTF8"} <= keywords
         assert s.has_extn("size") and int(s.esmtp_features["size"]) == 36700160
+
+
+def test_dsn_parameters_queued(ringmx):
+    """RFC 3461 parameters are validated and stored in one spelling for the relay."""
+    with smtp_client(ringmx) as s:
+        assert s.ehlo("client.example")[0] == 250
+        assert s.has_extn("dsn")
+        assert s.mail("a@client.example", ["ret=hdrs", "ENVID=QQ+2B1"])[0] == 250
+        orcpt = "ORCPT=rfc822;r1@example.test"
+        assert s.rcpt("r1@example.test", ["NOTIFY=success,delay", orcpt])[0] == 250
+        assert s.rcpt("r2@example.test", ["NOTIFY=NEVER,SUCCESS"])[0] == 501
+        assert s.rcpt("r2@example.test", ["ORCPT=rfc822;r2+2b@example.test"])[0] == 501
+        assert s.rcpt("r2@example.test", ["notify=never"])[0] == 250
+        qid = queued_id(s.data(b"Subject: dsn\r\n\r\nx\r\n"))
+    m = next(m for m in ringmx.queue() if m["id"] == qid)
+    assert m["sender_params"] == "RET=HDRS ENVID=QQ+2B1"
+    assert [(r["address"], r["params"]) for r in m["recipients"]] == [
+        ("r1@example.test", "NOTIFY=SUCCESS,DELAY ORCPT=rfc822;r1@example.test"),
+        ("r2@example.test", "NOTIFY=NEVER")]
 
 
 def test_banner_and_greeting_name(ringmx):

@@ -9,8 +9,9 @@
  *                    reject host=NAME size=N rcpts=N errors=N
  *   C: bytes         client input; escapes \r \n \t \\ \xHH and \[N]c (c N times)
  *   S: text          one expected reply line (its CRLF implied)
- *   E: event         expected event: RCPT <addr> | MESSAGE from=<a> to=<b>,<c> [8bitmime]
- *                    [smtputf8] [params=...] | STARTTLS | CLOSE quit|errors|tls_required_quit
+ *   E: event         expected event: RCPT <addr> [params=...] | MESSAGE from=<a> to=<b>,<c>
+ *                    [8bitmime] [smtputf8] [params=...] [rcpt_params=...|...] | STARTTLS |
+ *                    CLOSE quit|errors|tls_required_quit
  *   B: bytes         expected body of the MESSAGE event before it (escapes as C:)
  *   A: answer        answer to the next RCPT (ok | a reply line) or MESSAGE event
  *                    (queued ID | nospace | error), in order
@@ -330,11 +331,27 @@ format_addr(const struct address *a, char *buf, size_t size)
 	escape((const uint8_t *)raw, (size_t)n, buf, size);
 }
 
+/* " rcpt_params=A|B" with each recipient's parameters as the caller stores them; "" if none. */
+static const char *
+run_rcpt_params(const struct smtp_envelope *env, char *buf, size_t size)
+{
+	size_t n = 0;
+	bool any = false;
+
+	for (unsigned i = 0; i < env->rcpt_count; i++)
+		any = any || env->rcpts[i].params[0] != '\0';
+	buf[0] = '\0';
+	for (unsigned i = 0; any && i < env->rcpt_count && n < size; i++)
+		n += (size_t)snprintf(buf + n, size - n, "%s%s",
+		                      i ? "|" : " rcpt_params=", env->rcpts[i].params);
+	return buf;
+}
+
 static void
 run_message(struct smtp_server *s, const struct transcript *t, struct trace *tr,
             const struct smtp_envelope *env)
 {
-	static char body[TRACE_LINE_MAX];
+	static char body[TRACE_LINE_MAX], rcpt_params[TRACE_LINE_MAX];
 	char line[TRACE_LINE_MAX], addr[4 * ADDRESS_PATH_MAX + 8];
 	const char *a;
 	size_t n;
@@ -345,10 +362,11 @@ run_message(struct smtp_server *s, const struct transcript *t, struct trace *tr,
 		format_addr(&env->rcpts[i].addr, addr, sizeof(addr));
 		n += (size_t)snprintf(line + n, sizeof(line) - n, "%s%s", i ? "," : "", addr);
 	}
-	snprintf(line + n, sizeof(line) - n, "%s%s%s%s", env->body_8bitmime ? " 8bitmime" : "",
-	         env->smtputf8 ? " smtputf8" : "", env->sender_params[0] ? " params=" : "",
-	         env->sender_params);
-	trace_add(tr, "%s", line);
+	n += (size_t)snprintf(line + n, sizeof(line) - n, "%s%s%s%s",
+	                      env->body_8bitmime ? " 8bitmime" : "",
+	                      env->smtputf8 ? " smtputf8" : "",
+	                      env->sender_params[0] ? " params=" : "", env->sender_params);
+	trace_add(tr, "%s%s", line, run_rcpt_params(env, rcpt_params, sizeof(rcpt_params)));
 	escape(env->body, env->body_len, body, sizeof(body));
 	trace_add(tr, "B: %s", body);
 	a = run_answer(t, tr);
@@ -373,7 +391,8 @@ run_event(struct smtp_server *s, const struct transcript *t, struct trace *tr,
 		break;
 	case SMTP_EV_RCPT:
 		format_addr(&ev->rcpt->addr, addr, sizeof(addr));
-		trace_add(tr, "E: RCPT %s", addr);
+		trace_add(tr, "E: RCPT %s%s%s", addr, ev->rcpt->params[0] ? " params=" : "",
+		          ev->rcpt->params);
 		a = run_answer(t, tr);
 		smtp_server_rcpt_done(s, strcmp(a, "ok") == 0 ? NULL : a);
 		break;
@@ -735,6 +754,74 @@ test_close_while_waiting(void)
 	smtp_server_free(s);
 }
 
+/* RFC 3461 xtext, which the server checks ENVID and ORCPT with (core/address.c). */
+static void
+test_xtext_decode(void)
+{
+	static const char *const bad[] = {"+ZZ", "+2",   "+",    "a+2b",      "a+2G", "a=b",
+	                                  "a b", "\x7f", "\x80", "+\xc3\xa9", "\t"};
+	char out[16];
+
+	CHECK(address_xtext_decode("abc~!", 5, out, sizeof(out)) == 5);
+	CHECK(strcmp(out, "abc~!") == 0);
+	CHECK(address_xtext_decode("+2B+3Dx+20", 10, out, sizeof(out)) == 4);
+	CHECK(strcmp(out, "+=x ") == 0);
+	CHECK(address_xtext_decode("", 0, out, sizeof(out)) == 0);
+	CHECK(out[0] == '\0');
+	CHECK(address_xtext_decode("a+00b", 5, out, sizeof(out)) == 3);
+	CHECK(memcmp(out, "a\0b", 4) == 0);
+	CHECK(address_xtext_decode("+FF", 3, out, sizeof(out)) == 1);
+	CHECK((unsigned char)out[0] == 0xff);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		CHECK(address_xtext_decode(bad[i], strlen(bad[i]), out, sizeof(out)) == -1);
+	/* Only len octets are read: a "+2B" cut after "+2" is malformed. */
+	CHECK(address_xtext_decode("+2B", 2, out, sizeof(out)) == -1);
+	/* Measured without a buffer, and cut to the buffer like snprintf. */
+	CHECK(address_xtext_decode("ab+41cd", 7, NULL, 0) == 5);
+	CHECK(address_xtext_decode("ab+41cd", 7, out, 4) == 5);
+	CHECK(strcmp(out, "abA") == 0);
+	CHECK(address_xtext_decode("ab+ZZ", 5, NULL, 0) == -1);
+}
+
+static void
+test_xtext_encode(void)
+{
+	char in[256], enc[3 * sizeof(in) + 1], dec[sizeof(in) + 1];
+	int n;
+
+	CHECK(address_xtext_encode("a+b=c d\xe9", 8, enc, sizeof(enc)) == 16);
+	CHECK(strcmp(enc, "a+2Bb+3Dc+20d+E9") == 0);
+	CHECK(address_xtext_encode("", 0, enc, sizeof(enc)) == 0);
+	CHECK(enc[0] == '\0');
+	CHECK(address_xtext_encode("x=y", 3, NULL, 0) == 5);
+	CHECK(address_xtext_encode("x=y", 3, enc, 3) == 5);
+	CHECK(strcmp(enc, "x+") == 0);
+	/* Every octet: the encoding is valid xtext with upper-case hex and decodes back. */
+	for (int i = 0; i < 256; i++)
+		in[i] = (char)i;
+	n = address_xtext_encode(in, sizeof(in), enc, sizeof(enc));
+	CHECK(n == 92 + 3 * (256 - 92)); /* '!'..'~' but '+' and '=' stay as they are */
+	CHECK(n >= 0 && (size_t)n < sizeof(enc));
+	for (char *p = strchr(enc, '+'); p != NULL; p = strchr(p + 1, '+'))
+		CHECK(strspn(p + 1, "0123456789ABCDEF") >= 2);
+	CHECK(address_xtext_decode(enc, (size_t)n, dec, sizeof(dec)) == 256);
+	CHECK(memcmp(dec, in, sizeof(in)) == 0);
+}
+
+static void
+test_atom(void)
+{
+	CHECK(address_atom_valid("rfc822", 6));
+	CHECK(address_atom_valid("UTF-8", 5));
+	CHECK(address_atom_valid("x!#$%&'*+/=?^_`{|}~", 19));
+	CHECK(!address_atom_valid("", 0));
+	CHECK(!address_atom_valid("rf(c", 4));
+	CHECK(!address_atom_valid("a b", 3));
+	CHECK(!address_atom_valid("a.b", 3));
+	CHECK(!address_atom_valid("\xc3\xa9", 2));
+	CHECK(address_atom_valid("rfc822;x", 6));
+}
+
 int
 main(void)
 {
@@ -744,6 +831,9 @@ main(void)
 	test_envelope();
 	test_rcpt_growth();
 	test_close_while_waiting();
+	test_xtext_decode();
+	test_xtext_encode();
+	test_atom();
 	printf("%d passed, %d failed\n", passed, failed);
 	return failed > 0;
 }
