@@ -23,6 +23,16 @@ def binary(name):
     return path
 
 
+def sanitized_build():
+    """True when BUILD was set up with -Db_sanitize (memory errors abort the server there)."""
+    try:
+        with open(os.path.join(BUILD, "meson-info", "intro-buildoptions.json")) as f:
+            options = json.load(f)
+    except OSError:
+        return False
+    return any(o["name"] == "b_sanitize" and o["value"] not in ("none", "") for o in options)
+
+
 def free_port(host="127.0.0.1"):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
