@@ -12,6 +12,14 @@
  * where a text is u16 length + bytes (no NUL, at most QUEUE_TEXT_MAX). The payload
  * passed the journal crc but may come from an older or buggy version, so decoding
  * checks every length against what is left and the body length against the rest.
+ *
+ * A DELIVERED, DEFERRED or BOUNCED record (version 1) is:
+ *
+ *   u8 version | u64 id | u32 attempts | u64 next_attempt_ms | u8 has_error |
+ *   [text error] | u32 count | count × u32 recipient index
+ *
+ * and a HOLD record (version 1) is u8 version | u64 id | u8 held; a DELETED record is
+ * the u64 id alone.
  */
 #include "queue/queue.h"
 
@@ -43,6 +51,7 @@ struct queue_entry {
 	struct queue_message m; /* first: a message pointer is an entry pointer */
 	struct queue_entry *hash_next;
 	struct queue_entry *prev, *next; /* arrival order */
+	unsigned pending;                /* recipients in QUEUE_RCPT_PENDING */
 };
 
 struct queue {
@@ -53,6 +62,7 @@ struct queue {
 	struct queue_entry **buckets;
 	size_t bucket_count; /* a power of two */
 	uint64_t count;
+	uint64_t rcpts_pending; /* sum of the entries' pending */
 	struct queue_entry *head, *tail;
 };
 
@@ -72,6 +82,17 @@ struct rcpt_view {
 struct reader {
 	const uint8_t *p;
 	size_t left;
+};
+
+/* A decoded DELIVERED/DEFERRED/BOUNCED record. */
+struct outcome_view {
+	uint64_t id;
+	uint32_t attempts;
+	uint64_t next_attempt_ms;
+	bool has_error;
+	struct text error;
+	uint32_t count;
+	struct reader index; /* count × u32, each below QUEUE_RCPTS_MAX */
 };
 
 /* A message as either an envelope (rcpts from env) or a decoded record (rcpts read back). */
@@ -467,6 +488,8 @@ text_copy(char **cursor, struct text t)
 static int
 message_fill_rcpts(struct queue_message *m, struct msg_view *v, char **cursor)
 {
+	struct queue_entry *e = (struct queue_entry *)m;
+
 	for (unsigned i = 0; i < v->rcpt_count; i++) {
 		struct queue_rcpt *qr = &m->rcpts[i];
 		struct rcpt_view r;
@@ -474,6 +497,7 @@ message_fill_rcpts(struct queue_message *m, struct msg_view *v, char **cursor)
 		qr->address = text_copy(cursor, r.address);
 		qr->params = text_copy(cursor, r.params);
 		qr->state = r.state;
+		e->pending += r.state == QUEUE_RCPT_PENDING;
 		qr->attempts = r.attempts;
 		qr->next_attempt_ms = r.next_attempt_ms;
 		qr->last_error = r.has_error ? strndup(r.error.p, r.error.len) : NULL;
@@ -557,6 +581,7 @@ message_link(struct queue *q, struct queue_entry *e)
 	q->tail = e;
 	q->count++;
 	q->memory += e->m.memory;
+	q->rcpts_pending += e->pending;
 	if (q->count > q->bucket_count && q->bucket_count < QUEUE_MESSAGES_MAX)
 		buckets_grow(q);
 }
@@ -606,8 +631,10 @@ queue_remove(struct queue *q, struct queue_message *m)
 		q->tail = e->prev;
 	assert(q->count > 0);
 	assert(q->memory >= m->memory);
+	assert(q->rcpts_pending >= e->pending);
 	q->count--;
 	q->memory -= m->memory;
+	q->rcpts_pending -= e->pending;
 	for (unsigned i = 0; i < m->rcpt_count; i++)
 		free(m->rcpts[i].last_error);
 	free(m->body);
@@ -622,15 +649,89 @@ queue_next(struct queue *q, struct queue_message *prev)
 	return e ? &e->m : NULL;
 }
 
+size_t
+queue_count(const struct queue *q)
+{
+	return q->count;
+}
+
 void
 queue_stats(const struct queue *q, struct queue_stats *st)
 {
-	*st = (struct queue_stats){
-	    .messages = q->count, .memory = q->memory, .memory_limit = q->memory_limit};
-	/* Counted here, not kept, because delivery updates rcpt states in place. */
-	for (const struct queue_entry *e = q->head; e != NULL; e = e->next)
-		for (unsigned i = 0; i < e->m.rcpt_count; i++)
-			st->recipients_pending += e->m.rcpts[i].state == QUEUE_RCPT_PENDING;
+	*st = (struct queue_stats){.messages = q->count,
+	                           .recipients_pending = q->rcpts_pending,
+	                           .memory = q->memory,
+	                           .memory_limit = q->memory_limit};
+}
+
+/* The record type of an outcome decides the state it sets. */
+static bool
+outcome_state(enum journal_rec_type type, enum queue_rcpt_state *st)
+{
+	switch (type) {
+	case JOURNAL_REC_DELIVERED:
+		*st = QUEUE_RCPT_DELIVERED;
+		return true;
+	case JOURNAL_REC_DEFERRED:
+		*st = QUEUE_RCPT_PENDING;
+		return true;
+	case JOURNAL_REC_BOUNCED:
+		*st = QUEUE_RCPT_BOUNCED;
+		return true;
+	default:
+		return false;
+	}
+}
+
+/*
+ * An error text bounded to QUEUE_TEXT_MAX; the cut backs off to the start of a UTF-8
+ * sequence so that a DSN quoting a long SMTPUTF8 reply stays valid UTF-8.
+ */
+static struct text
+error_text(const char *s)
+{
+	size_t len = strnlen(s, QUEUE_TEXT_MAX);
+
+	while (len > 0 && ((uint8_t)s[len] & 0xc0) == 0x80)
+		len--;
+	return (struct text){s, len};
+}
+
+/* Validates an outcome payload without knowing the message: indexes are checked later. */
+static int
+outcome_decode(const uint8_t *payload, size_t len, struct outcome_view *v)
+{
+	struct reader r = {payload, len};
+	uint8_t version, has_error;
+	uint32_t index;
+
+	*v = (struct outcome_view){.error = {"", 0}};
+	if (!rd_u8(&r, &version) || version != QUEUE_RECORD_VERSION || !rd_u64(&r, &v->id) ||
+	    !rd_u32(&r, &v->attempts) || !rd_u64(&r, &v->next_attempt_ms) ||
+	    !rd_u8(&r, &has_error) || has_error > 1)
+		return -EINVAL;
+	v->has_error = has_error == 1;
+	if ((v->has_error && !rd_text(&r, &v->error)) || !rd_u32(&r, &v->count) || v->count == 0 ||
+	    v->count > QUEUE_RCPTS_MAX || r.left != (size_t)v->count * 4)
+		return -EINVAL;
+	v->index = r;
+	while (rd_u32(&r, &index))
+		if (index >= QUEUE_RCPTS_MAX)
+			return -EINVAL;
+	return 0;
+}
+
+static int
+hold_decode(const uint8_t *payload, size_t len, uint64_t *id, bool *held)
+{
+	struct reader r = {payload, len};
+	uint8_t version, flag;
+
+	if (!rd_u8(&r, &version) || version != QUEUE_RECORD_VERSION || !rd_u64(&r, id) ||
+	    !rd_u8(&r, &flag) || flag > 1 || r.left != 0)
+		return -EINVAL;
+	*held = flag == 1;
+	return 0;
 }
 
 int
@@ -638,6 +739,7 @@ queue_record_encode_deleted(uint64_t id, uint8_t *scratch, size_t scratch_len, s
 {
 	struct writer w = {.p = scratch, .cap = scratch_len};
 
+	assert(scratch != NULL);
 	wr_u64(&w, id);
 	if (w.overflow)
 		return -ENOSPC;
@@ -646,19 +748,55 @@ queue_record_encode_deleted(uint64_t id, uint8_t *scratch, size_t scratch_len, s
 }
 
 int
-queue_record_encode_delivered(uint64_t id, const unsigned *rcpt_index, unsigned count,
-                              uint8_t *scratch, size_t scratch_len, struct iovec *iov)
+queue_record_encode_outcome(uint64_t id, enum journal_rec_type type, const unsigned *rcpt_idx,
+                            unsigned n, uint32_t attempts, uint64_t next_attempt_ms,
+                            const char *last_error, uint8_t *scratch, size_t cap, struct iovec *iov)
 {
-	struct writer w = {.p = scratch, .cap = scratch_len};
+	struct writer w = {.p = scratch, .cap = cap};
+	struct outcome_view check;
+	enum queue_rcpt_state st;
 
-	if (count == 0 || count > QUEUE_RCPTS_MAX)
+	assert(rcpt_idx != NULL || n == 0);
+	assert(scratch != NULL);
+	if (!outcome_state(type, &st) || n == 0 || n > QUEUE_RCPTS_MAX)
 		return -EINVAL;
+	for (unsigned i = 0; i < n; i++)
+		if (rcpt_idx[i] >= QUEUE_RCPTS_MAX)
+			return -EINVAL;
+	wr_u8(&w, QUEUE_RECORD_VERSION);
 	wr_u64(&w, id);
-	wr_u32(&w, count);
-	for (unsigned i = 0; i < count; i++)
-		wr_u32(&w, rcpt_index[i]);
+	wr_u32(&w, attempts);
+	wr_u64(&w, next_attempt_ms);
+	wr_u8(&w, last_error != NULL);
+	if (last_error != NULL)
+		wr_text(&w, error_text(last_error));
+	wr_u32(&w, n);
+	for (unsigned i = 0; i < n; i++)
+		wr_u32(&w, rcpt_idx[i]);
 	if (w.overflow)
 		return -ENOSPC;
+	/* Checked as replay will check it: a record it would refuse must not be written. */
+	assert(outcome_decode(scratch, w.len, &check) == 0);
+	*iov = (struct iovec){scratch, w.len};
+	return 1;
+}
+
+int
+queue_record_encode_hold(uint64_t id, bool held, uint8_t *scratch, size_t cap, struct iovec *iov)
+{
+	struct writer w = {.p = scratch, .cap = cap};
+	uint64_t check_id;
+	bool check_held;
+
+	assert(scratch != NULL);
+	wr_u8(&w, QUEUE_RECORD_VERSION);
+	wr_u64(&w, id);
+	wr_u8(&w, held);
+	if (w.overflow)
+		return -ENOSPC;
+	assert(hold_decode(scratch, w.len, &check_id, &check_held) == 0);
+	assert(check_id == id);
+	assert(check_held == held);
 	*iov = (struct iovec){scratch, w.len};
 	return 1;
 }
@@ -682,24 +820,148 @@ replay_message(struct queue *q, const void *payload, size_t len, const struct jo
 	return message_build(q, &v, with_body, loc) ? 0 : -ENOMEM;
 }
 
+static bool
+text_is(const char *s, struct text t)
+{
+	return s != NULL && strncmp(s, t.p, t.len) == 0 && s[t.len] == '\0';
+}
+
+/* Replaces a recipient's last error (NULL: none), moving the charge with it. */
+static void
+rcpt_error_set(struct queue *q, struct queue_message *m, struct queue_rcpt *r, char *error)
+{
+	size_t old = r->last_error ? strlen(r->last_error) + 1 : 0;
+	size_t new = error ? strlen(error) + 1 : 0;
+
+	assert(m->memory >= old);
+	assert(q->memory >= old);
+	free(r->last_error);
+	r->last_error = error;
+	m->memory = m->memory - old + new;
+	q->memory = q->memory - old + new;
+}
+
+/*
+ * The one place a recipient's outcome changes, at run time and in replay, so the two
+ * cannot disagree. Final states stay final and a deferral older than what is known is
+ * dropped: duplicated or reordered records then leave the same result.
+ */
 static int
-replay_delivered(struct queue *q, const void *payload, size_t len)
+rcpt_apply(struct queue *q, struct queue_message *m, unsigned idx, enum queue_rcpt_state st,
+           uint32_t attempts, uint64_t next_attempt_ms, const struct text *error)
+{
+	struct queue_entry *e = (struct queue_entry *)m;
+	struct queue_rcpt *r;
+	char *copy = NULL;
+
+	if (idx >= m->rcpt_count || (unsigned)st > QUEUE_RCPT_BOUNCED)
+		return -EINVAL;
+	r = &m->rcpts[idx];
+	if (r->state != QUEUE_RCPT_PENDING || (st == QUEUE_RCPT_PENDING && attempts < r->attempts))
+		return 0;
+	if (error == NULL || !text_is(r->last_error, *error)) {
+		if (error != NULL && (copy = strndup(error->p, error->len)) == NULL)
+			return -ENOMEM;
+		rcpt_error_set(q, m, r, copy);
+	}
+	if (st != QUEUE_RCPT_PENDING) {
+		assert(e->pending > 0);
+		assert(q->rcpts_pending > 0);
+		e->pending--;
+		q->rcpts_pending--;
+	}
+	r->state = st;
+	r->attempts = attempts;
+	r->next_attempt_ms = next_attempt_ms;
+	return 0;
+}
+
+int
+queue_rcpt_outcome(struct queue *q, struct queue_message *m, unsigned idx, enum queue_rcpt_state st,
+                   uint32_t attempts, uint64_t next_attempt_ms, const char *last_error)
+{
+	struct text error;
+
+	assert(q != NULL);
+	assert(m != NULL);
+	if (last_error == NULL)
+		return rcpt_apply(q, m, idx, st, attempts, next_attempt_ms, NULL);
+	error = error_text(last_error);
+	return rcpt_apply(q, m, idx, st, attempts, next_attempt_ms, &error);
+}
+
+void
+queue_hold(struct queue *q, struct queue_message *m, bool held)
+{
+	assert(m != NULL);
+	assert(queue_find(q, m->id) == m);
+	m->held = held;
+}
+
+bool
+queue_message_finished(const struct queue_message *m)
+{
+	assert(m != NULL);
+	return ((const struct queue_entry *)m)->pending == 0;
+}
+
+/* Applies all of a record's recipients or, when one index is out of range, none. */
+static int
+replay_outcome(struct queue *q, enum journal_rec_type type, const void *payload, size_t len)
+{
+	struct outcome_view v;
+	struct queue_message *m;
+	enum queue_rcpt_state st;
+	struct reader r;
+	uint32_t index;
+	bool known = outcome_state(type, &st);
+	int rc = 0;
+
+	assert(known);
+	if (outcome_decode(payload, len, &v) < 0)
+		return -EINVAL;
+	queue_id_seen(q, v.id);
+	m = queue_find(q, v.id);
+	if (m == NULL)
+		return 0; /* deleted, or its MESSAGE was in a quarantined segment */
+	for (r = v.index; rd_u32(&r, &index);)
+		if (index >= m->rcpt_count)
+			return -EINVAL;
+	for (r = v.index; rc == 0 && rd_u32(&r, &index);)
+		rc = rcpt_apply(q, m, index, st, v.attempts, v.next_attempt_ms,
+		                v.has_error ? &v.error : NULL);
+	return rc;
+}
+
+static int
+replay_hold(struct queue *q, const void *payload, size_t len)
+{
+	struct queue_message *m;
+	uint64_t id;
+	bool held;
+
+	if (hold_decode(payload, len, &id, &held) < 0)
+		return -EINVAL;
+	queue_id_seen(q, id);
+	m = queue_find(q, id);
+	if (m != NULL)
+		queue_hold(q, m, held);
+	return 0;
+}
+
+static int
+replay_deleted(struct queue *q, const void *payload, size_t len)
 {
 	struct reader r = {payload, len};
 	struct queue_message *m;
 	uint64_t id;
-	uint32_t count, index;
 
-	if (!rd_u64(&r, &id) || !rd_u32(&r, &count) || count == 0 || count > QUEUE_RCPTS_MAX ||
-	    r.left != (size_t)count * 4)
+	if (!rd_u64(&r, &id) || r.left != 0)
 		return -EINVAL;
 	queue_id_seen(q, id);
 	m = queue_find(q, id);
-	for (struct reader check = r; m != NULL && rd_u32(&check, &index);)
-		if (index >= m->rcpt_count)
-			return -EINVAL;
-	while (m != NULL && rd_u32(&r, &index))
-		m->rcpts[index].state = QUEUE_RCPT_DELIVERED;
+	if (m != NULL)
+		queue_remove(q, m);
 	return 0;
 }
 
@@ -707,28 +969,19 @@ int
 queue_replay(struct queue *q, enum journal_rec_type type, const void *payload, size_t len,
              const struct journal_loc *loc)
 {
-	struct reader r = {payload, len};
-	struct queue_message *m;
-	uint64_t id;
-
+	assert(q != NULL);
 	assert(payload != NULL || len == 0);
 	switch (type) {
 	case JOURNAL_REC_MESSAGE:
 		return replay_message(q, payload, len, loc);
 	case JOURNAL_REC_DELIVERED:
-		return replay_delivered(q, payload, len);
-	case JOURNAL_REC_DELETED:
-		if (!rd_u64(&r, &id) || r.left != 0)
-			return -EINVAL;
-		queue_id_seen(q, id);
-		m = queue_find(q, id);
-		if (m != NULL)
-			queue_remove(q, m);
-		return 0;
 	case JOURNAL_REC_DEFERRED:
 	case JOURNAL_REC_BOUNCED:
+		return replay_outcome(q, type, payload, len);
+	case JOURNAL_REC_DELETED:
+		return replay_deleted(q, payload, len);
 	case JOURNAL_REC_HOLD:
-		return 0; /* their payloads are defined by the outbound side, not yet written */
+		return replay_hold(q, payload, len);
 	}
 	return -EINVAL;
 }

@@ -26,15 +26,15 @@
 #define QUEUE_WORKER_BITS 6
 
 enum queue_rcpt_state {
-	QUEUE_RCPT_PENDING,
+	QUEUE_RCPT_PENDING, /* not tried yet, or deferred (attempts > 0) */
 	QUEUE_RCPT_DELIVERED,
 	QUEUE_RCPT_BOUNCED,
 };
 
 struct queue_rcpt {
-	char *address; /* "local@domain" */
-	char *params;  /* ESMTP RCPT parameters as received, "" if none */
-	enum queue_rcpt_state state;
+	char *address;               /* "local@domain" */
+	char *params;                /* ESMTP RCPT parameters as received, "" if none */
+	enum queue_rcpt_state state; /* these four change through queue_rcpt_outcome */
 	uint32_t attempts;
 	uint64_t next_attempt_ms; /* wall clock, ms */
 	char *last_error;         /* NULL if none; malloc'd, freed by queue_remove */
@@ -107,14 +107,28 @@ int queue_record_encode(uint64_t id, const struct queue_envelope *env, const uin
 size_t queue_record_header_len(const struct queue_envelope *env);
 
 /*
- * Tiny records about a message already journaled; each fills one iovec in scratch and
- * returns 1, or -ENOSPC when scratch is small (-EINVAL for count outside 1..RCPTS_MAX).
- * DELETED: u64 id. DELIVERED: u64 id, u32 count, count x u32 recipient index.
+ * Small records about a message already journaled; each fills one iovec in scratch (no
+ * allocation) and returns 1, or -ENOSPC when scratch is small. Replay decodes them with
+ * the same checks as MESSAGE records.
+ *
+ * DELETED: the id (8 bytes).
+ * Outcome, type JOURNAL_REC_DELIVERED, _DEFERRED or _BOUNCED: recipients rcpt_idx[0..n)
+ * of message id get that outcome with attempts, next_attempt_ms and last_error (NULL:
+ * none; cut to QUEUE_TEXT_MAX bytes as queue_rcpt_outcome cuts it). At most
+ * QUEUE_OUTCOME_RECORD_MAX(n) bytes. -EINVAL for another type, n outside
+ * 1..QUEUE_RCPTS_MAX or an index >= QUEUE_RCPTS_MAX.
+ * HOLD: message id held (true) or released (false); QUEUE_HOLD_RECORD_LEN bytes.
  */
+#define QUEUE_OUTCOME_RECORD_MAX(n) ((size_t)28 + QUEUE_TEXT_MAX + 4 * (size_t)(n))
+#define QUEUE_HOLD_RECORD_LEN       10
 int queue_record_encode_deleted(uint64_t id, uint8_t *scratch, size_t scratch_len,
                                 struct iovec *iov);
-int queue_record_encode_delivered(uint64_t id, const unsigned *rcpt_index, unsigned count,
-                                  uint8_t *scratch, size_t scratch_len, struct iovec *iov);
+int queue_record_encode_outcome(uint64_t id, enum journal_rec_type type, const unsigned *rcpt_idx,
+                                unsigned n, uint32_t attempts, uint64_t next_attempt_ms,
+                                const char *last_error, uint8_t *scratch, size_t cap,
+                                struct iovec *iov);
+int queue_record_encode_hold(uint64_t id, bool held, uint8_t *scratch, size_t cap,
+                             struct iovec *iov);
 
 /*
  * Adds an accepted message (copies envelope and body). Returns the message, or
@@ -126,13 +140,36 @@ struct queue_message *queue_add(struct queue *q, uint64_t id, const struct queue
 
 /*
  * Applies one replayed journal record (a journal_replay_fn); 0, -EINVAL for a record that
- * does not decode, or -ENOMEM when the message does not fit even without its body (over
- * the memory limit the body is left in the journal: body = NULL). Idempotent: a MESSAGE
- * for an id already queued is ignored; DELETED/DELIVERED for an unknown id are no-ops.
- * DEFERRED, BOUNCED and HOLD are accepted and ignored until their payloads are defined.
+ * does not decode or names a recipient the message does not have, or -ENOMEM when the
+ * message does not fit even without its body (over the memory limit the body is left in
+ * the journal: body = NULL) or a last_error can't be copied. Idempotent: a MESSAGE for an
+ * id already queued is ignored; DELETED, outcome and HOLD records for an unknown id are
+ * no-ops (the message was deleted or lay in a quarantined segment). Outcomes go through
+ * queue_rcpt_outcome's rules, so duplicated or reordered outcomes give the same state.
+ * A message whose recipients are all final stays queued until its DELETED record.
  */
 int queue_replay(struct queue *q, enum journal_rec_type type, const void *payload, size_t len,
                  const struct journal_loc *loc);
+
+/*
+ * Records an outcome of recipient idx (also used by replay): st is QUEUE_RCPT_PENDING
+ * for a deferral, or a final state. A recipient already DELIVERED or BOUNCED is left
+ * unchanged, and so is one whose attempts are above those of a deferral. Otherwise sets
+ * state, attempts and next_attempt_ms and replaces last_error with a copy of at most
+ * QUEUE_TEXT_MAX bytes (NULL clears it); the copy is charged to the queue's memory but
+ * never refused for the limit, since an outcome must be kept. 0, -EINVAL (idx or st out
+ * of range), or -ENOMEM (nothing changed). Change rcpt states only through here: the
+ * queue counts pending recipients.
+ */
+int queue_rcpt_outcome(struct queue *q, struct queue_message *m, unsigned idx,
+                       enum queue_rcpt_state st, uint32_t attempts, uint64_t next_attempt_ms,
+                       const char *last_error);
+
+/* Holds (no delivery attempts) or releases a queued message. */
+void queue_hold(struct queue *q, struct queue_message *m, bool held);
+
+/* True when no recipient of m is PENDING (O(1)). */
+bool queue_message_finished(const struct queue_message *m);
 
 struct queue_message *queue_find(struct queue *q, uint64_t id);
 void queue_remove(struct queue *q, struct queue_message *m);
@@ -147,5 +184,8 @@ struct queue_stats {
 	uint64_t memory_limit;
 };
 void queue_stats(const struct queue *q, struct queue_stats *st);
+
+/* Messages queued. */
+size_t queue_count(const struct queue *q);
 
 #endif

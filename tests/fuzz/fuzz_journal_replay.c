@@ -1,7 +1,8 @@
 /*
  * fuzz_journal_replay.c -- hostile input to replay: the first byte picks the target.
- *   even: the bytes are a MESSAGE/DELIVERED/DELETED payload for queue_replay (the
- *         second byte picks the record type);
+ *   even: the bytes are a payload for queue_replay (the second byte picks the record
+ *         type); records other than MESSAGE meet a queued message of id 1 with three
+ *         recipients, so outcomes and holds are applied, not skipped as unknown;
  *   odd:  the bytes are a segment file (after a valid segment header) opened by
  *         journal_open, whose records go to queue_replay.
  * Build: clang -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -I. \
@@ -81,10 +82,51 @@ fuzz_journal(const uint8_t *data, size_t size)
 		abort(); /* a file nobody expected */
 }
 
+/* The queue's own counters agree with a recount, whatever replay applied. */
+static void
+queue_check(struct queue *q)
+{
+	uint64_t pending = 0, memory = 0;
+	struct queue_stats st;
+
+	for (struct queue_message *m = queue_next(q, NULL); m != NULL; m = queue_next(q, m)) {
+		unsigned p = 0;
+		if (m->rcpt_count == 0 || m->rcpt_count > QUEUE_RCPTS_MAX)
+			abort();
+		for (unsigned i = 0; i < m->rcpt_count; i++) {
+			p += m->rcpts[i].state == QUEUE_RCPT_PENDING;
+			if (m->rcpts[i].last_error &&
+			    strlen(m->rcpts[i].last_error) > QUEUE_TEXT_MAX)
+				abort();
+		}
+		if (queue_message_finished(m) != (p == 0))
+			abort();
+		pending += p;
+		memory += m->memory;
+	}
+	queue_stats(q, &st);
+	if (st.recipients_pending != pending || st.memory != memory)
+		abort();
+}
+
+static struct queue *
+queue_seeded(void)
+{
+	static const char *const rcpts[] = {"a@example.org", "b@example.org", "c@example.net"};
+	struct queue_envelope env = {
+	    .sender = "s@example.com", .rcpt_addresses = rcpts, .rcpt_count = 3};
+	struct queue *q = queue_new(0, 1 << 24);
+
+	if (q == NULL || queue_add(q, 1, &env, (const uint8_t *)"body", 4, NULL) == NULL)
+		abort();
+	return q;
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct journal_loc loc = {1, 32, 0};
+	enum journal_rec_type type;
 	struct queue *q;
 
 	if (size < 2)
@@ -93,14 +135,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		fuzz_journal(data + 1, size - 1);
 		return 0;
 	}
-	q = queue_new(0, 1 << 24);
+	type = JOURNAL_REC_MESSAGE + data[1] % 6;
+	q = type == JOURNAL_REC_MESSAGE ? queue_new(0, 1 << 24) : queue_seeded();
 	loc.length = (uint32_t)(size - 2);
-	if (queue_replay(q, JOURNAL_REC_MESSAGE + data[1] % 6, data + 2, size - 2, &loc) == 0 &&
-	    data[1] % 6 == 0) {
-		struct queue_message *m = queue_next(q, NULL);
-		if (m == NULL || m->rcpt_count == 0 || m->rcpt_count > QUEUE_RCPTS_MAX)
-			abort();
-	}
+	if (queue_replay(q, type, data + 2, size - 2, &loc) == 0 && type == JOURNAL_REC_MESSAGE &&
+	    queue_next(q, NULL) == NULL)
+		abort();
+	queue_check(q);
 	queue_free(q);
 	return 0;
 }
