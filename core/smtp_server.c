@@ -855,6 +855,9 @@ smtp_server_message_done(struct smtp_server *s, enum smtp_store_result r, const 
 	case SMTP_STORE_ERROR:
 		smtp_server_reply(s, "451 4.3.0 Error: local error in processing");
 		break;
+	case SMTP_STORE_LOOP:
+		smtp_server_reply(s, "554 5.4.6 Too many hops: mail loop detected");
+		break;
 	}
 	smtp_server_reset_transaction(s);
 	smtp_server_state_set(s, SMTP_SERVER_READY);

@@ -119,6 +119,7 @@ enum smtp_store_result {
 	SMTP_STORE_OK,      /* 250 2.0.0 Ok: queued as ID */
 	SMTP_STORE_NOSPACE, /* 452 4.3.1 */
 	SMTP_STORE_ERROR,   /* 451 4.3.0 */
+	SMTP_STORE_LOOP,    /* 554 5.4.6: more Received: headers than limits.max_hops */
 };
 
 struct smtp_server;

@@ -504,10 +504,34 @@ worker_journal_record(struct worker *w, enum journal_rec_type type, const struct
 	}
 }
 
+/* Received: headers in the header section (RFC 5321 §6.3: counting them finds loops). */
+static unsigned
+conn_hops(const uint8_t *body, size_t len)
+{
+	unsigned hops = 0;
+
+	for (size_t i = 0; i < len;) {
+		const uint8_t *eol = memchr(body + i, '\n', len - i);
+		size_t line = eol ? (size_t)(eol - (body + i)) + 1 : len - i;
+		if (line <= 2 && (body[i] == '\r' || body[i] == '\n'))
+			break;	/* the empty line: end of the header section */
+		if (line >= 9 && strncasecmp((const char *)body + i, "Received:", 9) == 0)
+			hops++;
+		i += line;
+	}
+	return hops;
+}
+
 static void
 conn_store(struct worker *w, struct conn *c, const struct smtp_envelope *env)
 {
 	char sender[ADDRESS_PATH_MAX + 1], id_text[QUEUE_ID_LEN + 1];
+
+	/* refused in the session, so the previous hop bounces it: no backscatter from us */
+	if (conn_hops(env->body, env->body_len) >= w->cfg->limits_max_hops) {
+		conn_store_refuse(w, c, SMTP_STORE_LOOP, "too many hops");
+		return;
+	}
 
 	if (!queue_has_room(w->queue, env->body_len)) {
 		conn_store_refuse(w, c, SMTP_STORE_NOSPACE, "queue memory limit");
@@ -966,6 +990,7 @@ worker_on_tick(struct worker *w)
 		c->stash_len = 0;
 		conn_mark_dirty(w, c);
 	}
+	out_dns_pump(w);	/* the resolver's timers are served at tick granularity */
 	out_tick(w);
 	worker_compact(w);
 	worker_segments_collect(w);
@@ -1176,6 +1201,7 @@ worker_dispatch(struct worker *w, const struct io_uring_cqe *cqe)
 	case OP_OUT_CONNECT:
 	case OP_OUT_RECV:
 	case OP_OUT_SEND:
+	case OP_DNS:
 		out_on_cqe(w, ud_op(ud), ud, cqe->res, cqe->flags);
 		break;
 	}
@@ -1185,6 +1211,7 @@ worker_dispatch(struct worker *w, const struct io_uring_cqe *cqe)
 static void
 worker_end_turn(struct worker *w)
 {
+	out_dns_pump(w);
 	out_dispatch(w);
 	worker_journal_submit(w);
 	for (unsigned i = 0; i < w->dirty_count; i++) {
@@ -1295,6 +1322,8 @@ worker_main(void *arg)
 	log_thread(w->name, true);
 	worker_pin(w);
 	r = worker_setup_ring(w);
+	if (r == 0)
+		r = out_dns_setup(w, w->start_err, sizeof(w->start_err));
 	pthread_mutex_lock(&w->start_lock);
 	w->start_done = true;
 	w->start_error = r;

@@ -16,6 +16,7 @@
 #include "core/smtp_client.h"
 #include "core/smtp_server.h"
 #include "core/worker.h"
+#include "dns/dns.h"
 #include "queue/journal.h"
 #include "queue/queue.h"
 #include "queue/scheduler.h"
@@ -47,6 +48,7 @@ enum worker_op {
 	OP_OUT_CONNECT,
 	OP_OUT_RECV,
 	OP_OUT_SEND,
+	OP_DNS,
 };
 
 /* user_data: op in the top byte, a 24-bit generation, a 32-bit slot (or fd, or listener). */
@@ -121,9 +123,14 @@ struct oconn {
 	uint32_t gen;
 	bool used, connecting, recv_armed, send_busy, closing;
 	unsigned inflight;
+	struct worker *w;	/* for the DNS callback */
 	struct sched_dest *dest;
 	struct smtp_client *smtp;
+	int dns_id;		/* the lookup in flight, 0: none */
+	enum dns_security security;	/* of the lookup that gave the addresses */
 	struct sockaddr_storage addrs[OUT_ADDRS_MAX];
+	uint8_t addr_host[OUT_ADDRS_MAX];	/* index into hosts */
+	char hosts[DNS_MX_MAX][DNS_NAME_MAX + 1];
 	unsigned addr_count, addr_next;
 	char peer_text[INET6_ADDRSTRLEN + 8];
 	uint64_t deadline_ms;
@@ -137,6 +144,7 @@ struct oconn {
 	struct smtp_client_rcpt *rcpts;
 	struct out_rcpt_dsn *rcpt_dsn;
 	char ret[8];
+	char body_type[16];
 	char envid[SMTP_CLIENT_ENVID_MAX + 1];
 	uint8_t *body;		/* the body read back from the journal, when evicted */
 
@@ -205,6 +213,7 @@ struct worker {
 	/* outbound delivery (worker_out.c) */
 	uint64_t wall_ms;	/* wall clock, once per turn: recipients' next attempts */
 	struct sched *sched;
+	struct dns *dns;
 	struct connlimit *dest_limits;
 	struct sched_dest **blocked;	/* waiting for a connection slot another worker holds */
 	size_t blocked_count, blocked_cap;
@@ -235,6 +244,8 @@ void out_tick(struct worker *w);
 void out_stop(struct worker *w);
 bool out_idle(const struct worker *w);
 void out_on_cqe(struct worker *w, enum worker_op op, uint64_t ud, int res, unsigned flags);
+int out_dns_setup(struct worker *w, char *err, size_t err_len);
+void out_dns_pump(struct worker *w);
 int out_delete(struct worker *w, struct queue_message *m);
 int out_rewrite(struct worker *w, struct queue_message *m);
 void out_flush_queue(struct worker *w);

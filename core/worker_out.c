@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +68,7 @@ out_free(struct worker *w)
 		free(oc->stash);
 	}
 	sched_free(w->sched);
+	dns_free(w->dns);
 	free(w->blocked);
 	free(w->oconns);
 	free(w->ofree);
@@ -110,15 +112,30 @@ struct out_result {
 	const char *relay;	/* the next hop's name (Remote-MTA), NULL when none was reached */
 };
 
+/* "550 5.1.1 text" -> "5.1.1"; else the class's generic status. */
+static void
+out_status_of(const char *error, char status[SMTP_CLIENT_STATUS_MAX])
+{
+	unsigned a, b, c;
+
+	if (sscanf(error, "%*3u %u.%u.%u", &a, &b, &c) == 3 && (a == 4 || a == 5) && b < 1000 &&
+	    c < 1000)
+		snprintf(status, SMTP_CLIENT_STATUS_MAX, "%u.%u.%u", a, b, c);
+	else
+		snprintf(status, SMTP_CLIENT_STATUS_MAX, "%c.0.0", error[0] == '4' ? '4' : '5');
+}
+
 static void
 out_log_outcome(struct worker *w, const struct queue_message *m, const struct queue_rcpt *r,
 		enum out_outcome o, const struct out_result *res)
 {
 	struct log_line *l = log_begin(CONFIG_LOG_INFO, m->id_text, out_outcome_names[o]);
+	char status[SMTP_CLIENT_STATUS_MAX];
 
+	out_status_of(r->last_error != NULL ? r->last_error : res->text, status);
 	log_str(l, "to", r->address);
 	log_uint(l, "code", res->code);
-	log_str(l, "dsn", res->status);
+	log_str(l, "dsn", res->status != NULL && res->status[0] ? res->status : status);
 	log_str(l, "relay", res->relay);
 	log_str(l, "reply", res->text);
 	log_uint(l, "delay_s", (w->wall_ms - m->arrival_ms) / 1000);
@@ -176,20 +193,12 @@ out_apply(struct worker *w, struct queue_message *m, const struct out_result *re
 	return o;
 }
 
-/* "550 5.1.1 text" -> "5.1.1"; else the class's generic status. */
-static void
-out_status_of(const char *error, char status[SMTP_CLIENT_STATUS_MAX])
-{
-	unsigned a, b, c;
 
-	if (sscanf(error, "%*3u %u.%u.%u", &a, &b, &c) == 3 && (a == 4 || a == 5) && b < 1000 &&
-	    c < 1000)
-		snprintf(status, SMTP_CLIENT_STATUS_MAX, "%u.%u.%u", a, b, c);
-	else
-		snprintf(status, SMTP_CLIENT_STATUS_MAX, "%c.0.0", error[0] == '4' ? '4' : '5');
-}
-
-/* The value of the ESMTP parameter key in params (as received); false when absent. */
+/*
+ * The ESMTP parameter key in params (as stored: "KEY[=value]" words): true when
+ * present, with its value copied to out (when out is given). A value that does not
+ * fit counts as absent: a cut DSN value would be a wrong one.
+ */
 static bool
 out_param(const char *params, const char *key, char *out, size_t cap)
 {
@@ -199,10 +208,14 @@ out_param(const char *params, const char *key, char *out, size_t cap)
 	if (address_parse_params(params, strlen(params), p, &n) != ADDRESS_OK)
 		return false;
 	for (size_t i = 0; i < n; i++) {
-		if (strcmp(p[i].keyword, key) == 0 && p[i].value != NULL) {
-			snprintf(out, cap, "%.*s", (int)p[i].value_len, p[i].value);
+		if (strcmp(p[i].keyword, key) != 0)
+			continue;
+		if (out == NULL)
 			return true;
-		}
+		if (p[i].value == NULL || p[i].value_len >= cap)
+			return false;
+		snprintf(out, cap, "%.*s", (int)p[i].value_len, p[i].value);
+		return true;
 	}
 	return false;
 }
@@ -467,9 +480,9 @@ out:
 	free(taken);
 }
 
-/* The rest of a job that will not be tried now: deferred with reason, attempt counted. */
+/* A job that will not be tried now: each recipient gets `code` (deferred or bounced by it). */
 static void
-out_defer_job(struct worker *w, struct sched_job *job, unsigned code, const char *text,
+out_fail_job(struct worker *w, struct sched_job *job, unsigned code, const char *text,
 	      const char *relay)
 {
 	struct queue_message *m = queue_find(w->queue, job->id);
@@ -490,13 +503,13 @@ out_defer_job(struct worker *w, struct sched_job *job, unsigned code, const char
 }
 
 static void
-out_defer_dest(struct worker *w, struct sched_dest *d, unsigned code, const char *text,
+out_fail_dest(struct worker *w, struct sched_dest *d, unsigned code, const char *text,
 	       const char *relay)
 {
 	struct sched_job *job;
 
 	while ((job = sched_job_take(d)) != NULL)
-		out_defer_job(w, job, code, text, relay);
+		out_fail_job(w, job, code, text, relay);
 }
 
 void
@@ -572,8 +585,12 @@ oconn_close(struct worker *w, struct oconn *oc, const char *text)
 		return;
 	oc->closing = true;
 	oconn_unidle(oc);
+	if (oc->dns_id != 0) {
+		dns_cancel(w->dns, oc->dns_id);
+		oc->dns_id = 0;
+	}
 	if (oc->job != NULL) {
-		out_defer_job(w, oc->job, 451, text, oc->peer_text);
+		out_fail_job(w, oc->job, 451, text, oc->peer_text);
 		oc->job = NULL;
 	}
 	if (oc->fd >= 0) {
@@ -687,6 +704,104 @@ out_literal(const struct sched_route *r, uint16_t port, struct sockaddr_storage 
 	return false;
 }
 
+/* ---- DNS ------------------------------------------------------------------------------ */
+
+static const char *
+out_code_of(const char *reason, unsigned *code)
+{
+	unsigned c = 0;
+
+	if (sscanf(reason, "%3u", &c) != 1 || c < 400 || c > 599)
+		c = 451;
+	*code = c;
+	return reason;
+}
+
+/*
+ * The next hops of a connection's destination are known (or not). Addresses are
+ * tried in the order the resolver gives (RFC 5321 §5.1: MX preference, ties
+ * shuffled); a host whose answer was bogus has none and is never tried.
+ */
+static void
+out_dns_done(void *arg, const struct dns_mx_result *r)
+{
+	struct oconn *oc = arg;
+	struct worker *w = oc->w;
+	struct sched_dest *d = oc->dest;
+	unsigned code;
+
+	oc->dns_id = 0;
+	oc->security = r->security;
+	for (unsigned h = 0; h < r->host_count && oc->addr_count < OUT_ADDRS_MAX; h++) {
+		snprintf(oc->hosts[h], sizeof(oc->hosts[h]), "%s", r->hosts[h].name);
+		for (unsigned a = 0; a < r->hosts[h].addr_count && oc->addr_count < OUT_ADDRS_MAX;
+		     a++) {
+			const struct dns_addr *da = &r->hosts[h].addrs[a];
+			struct sockaddr_storage *ss = &oc->addrs[oc->addr_count];
+			memset(ss, 0, sizeof(*ss));
+			if (da->family == AF_INET6) {
+				struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
+				sin6->sin6_family = AF_INET6;
+				sin6->sin6_port = htons(d->route.port);
+				memcpy(&sin6->sin6_addr, da->bytes, 16);
+			} else {
+				struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+				sin->sin_family = AF_INET;
+				sin->sin_port = htons(d->route.port);
+				memcpy(&sin->sin_addr, da->bytes, 4);
+			}
+			oc->addr_host[oc->addr_count++] = (uint8_t)h;
+		}
+	}
+	if (r->status == DNS_OK && oc->addr_count > 0 && out_connect(w, oc))
+		return;
+	const char *reason = r->reason[0] ? r->reason : "451 4.4.3 no address to connect to";
+	struct log_line *l = log_begin(CONFIG_LOG_WARNING, NULL, "destination-failed");
+	log_str(l, "dest", d->route.key);
+	log_str(l, "dnssec", dns_security_name(r->security));
+	log_str(l, "reason", reason);
+	log_end(l);
+	out_code_of(reason, &code);
+	oconn_close(w, oc, reason);
+	if (code < 500)
+		sched_dest_failed(d, w->now_ms, reason);
+	/* a permanent answer (NXDOMAIN, null MX) bounces the queued jobs; else they wait */
+	out_fail_dest(w, d, code, reason, NULL);
+}
+
+int
+out_dns_setup(struct worker *w, char *err, size_t err_len)
+{
+	const struct config *cfg = w->cfg;
+	const char *forward[CONFIG_FORWARD_MAX];
+
+	for (unsigned i = 0; i < cfg->dns_forward_count; i++)
+		forward[i] = cfg->dns_forward[i];
+	struct dns_params p = {
+		.forward = forward,
+		.forward_count = cfg->dns_forward_count,
+		.trust_anchor_file = cfg->dns_trust_anchor_file,
+		.dnssec = cfg->dns_dnssec,
+		.unbound_config = cfg->dns_unbound_config,
+		.hosts_file = cfg->dns_hosts_file,
+	};
+	w->dns = dns_new(&p, err, err_len);
+	if (w->dns == NULL)
+		return -EINVAL;
+	struct io_uring_sqe *sqe = worker_sqe(w);
+	io_uring_prep_poll_multishot(sqe, dns_fd(w->dns), POLLIN);
+	io_uring_sqe_set_data64(sqe, ud_pack(OP_DNS, 0, 0));
+	return 0;
+}
+
+/* Runs the resolver while it has work due now (bounded: the rest waits for the next turn). */
+void
+out_dns_pump(struct worker *w)
+{
+	for (unsigned i = 0; i < 8 && dns_timeout_ms(w->dns) == 0; i++)
+		dns_process(w->dns);
+}
+
 /* Opens one more connection to d; false when the destination can't be reached now. */
 /* The destination waits for a slot another worker holds: looked at again each tick. */
 static void
@@ -736,14 +851,27 @@ out_open(struct worker *w, struct sched_dest *d)
 		oconn_close(w, oc, "451 4.3.0 out of memory");
 		return false;
 	}
-	if (d->route.kind != CONFIG_ROUTE_HOST || !out_literal(&d->route, d->route.port, &oc->addrs[0])) {
-		oconn_close(w, oc, "451 4.4.3 MX and host-name routes need DNS, not built in yet");
-		sched_dest_failed(d, w->now_ms);
-		out_defer_dest(w, d, 451, "451 4.4.3 MX and host-name routes need DNS, not built in yet", NULL);
+	oc->w = w;
+	if (d->route.kind == CONFIG_ROUTE_HOST && out_literal(&d->route, d->route.port, &oc->addrs[0])) {
+		snprintf(oc->hosts[0], sizeof(oc->hosts[0]), "%s", d->route.host);
+		oc->addr_count = 1;
+		oc->security = DNS_INSECURE;
+		return out_connect(w, oc);
+	}
+	int id = d->route.kind == CONFIG_ROUTE_HOST
+			 ? dns_resolve_host(w->dns, d->route.host, out_dns_done, oc)
+			 : dns_resolve_mx(w->dns, d->route.host, out_dns_done, oc);
+	if (id < 0) {
+		char text[128];
+		snprintf(text, sizeof(text), "451 4.4.3 cannot look up %s: %s", d->route.host,
+			 dns_strerror(id));
+		oconn_close(w, oc, text);
+		out_fail_dest(w, d, 451, text, NULL);
 		return false;
 	}
-	oc->addr_count = 1;
-	return out_connect(w, oc);
+	oc->dns_id = id;
+	oc->deadline_ms = w->now_ms + OUT_CONNECT_TIMEOUT_MS;
+	return true;
 }
 
 /* A connection attempt or a session that failed before any transaction: next address, or down. */
@@ -767,8 +895,8 @@ out_conn_failed(struct worker *w, struct oconn *oc, const char *why)
 	log_end(l);
 	if (!oc->session_ok && d->active == 1) {
 		/* the last way in failed: the destination rests, and its queue is deferred */
-		sched_dest_failed(d, w->now_ms);
-		out_defer_dest(w, d, 451, text, NULL);
+		sched_dest_failed(d, w->now_ms, text);
+		out_fail_dest(w, d, 451, text, NULL);
 	}
 	oconn_close(w, oc, text);
 }
@@ -886,6 +1014,16 @@ out_on_recv(struct worker *w, struct oconn *oc, int res, unsigned flags)
 void
 out_on_cqe(struct worker *w, enum worker_op op, uint64_t ud, int res, unsigned flags)
 {
+	if (op == OP_DNS) {
+		dns_process(w->dns);
+		out_dns_pump(w);
+		if (!(flags & IORING_CQE_F_MORE)) {
+			struct io_uring_sqe *sqe = worker_sqe(w);
+			io_uring_prep_poll_multishot(sqe, dns_fd(w->dns), POLLIN);
+			io_uring_sqe_set_data64(sqe, ud_pack(OP_DNS, 0, 0));
+		}
+		return;
+	}
 	struct oconn *oc = oconn_from(w, ud);
 
 	switch (op) {
@@ -918,7 +1056,8 @@ out_job_done(struct worker *w, struct oconn *oc, const struct smtp_client_reply 
 	struct sched_job *job = oc->job;
 	struct queue_message *m = queue_find(w->queue, job->id);
 	struct out_result *res = calloc(job->rcpt_count, sizeof(*res));
-	const char *relay = oc->dest->route.host;
+	const char *relay = oc->addr_next > 0 ? oc->hosts[oc->addr_host[oc->addr_next - 1]]
+					      : oc->dest->route.host;
 
 	assert(n == job->rcpt_count);
 	oc->job = NULL;
@@ -996,7 +1135,7 @@ out_start(struct worker *w, struct oconn *oc, struct sched_job *job)
 	if (dsn != NULL)
 		oc->rcpt_dsn = dsn;
 	if (body == NULL || rc == NULL || dsn == NULL) {
-		out_defer_job(w, job, 451, "451 4.3.0 cannot read the message back", NULL);
+		out_fail_job(w, job, 451, "451 4.3.0 cannot read the message back", NULL);
 		oc->job = NULL;
 		return false;
 	}
@@ -1022,8 +1161,9 @@ out_start(struct worker *w, struct oconn *oc, struct sched_job *job)
 		.rcpt_count = job->rcpt_count,
 		.body = body,
 		.body_len = m->body_len,
-		.body_8bit = strstr(m->sender_params, "8BITMIME") != NULL,
-		.smtputf8 = strstr(m->sender_params, "SMTPUTF8") != NULL,
+		.body_8bit = out_param(m->sender_params, "BODY", oc->body_type, sizeof(oc->body_type)) &&
+			     strcmp(oc->body_type, "8BITMIME") == 0,
+		.smtputf8 = out_param(m->sender_params, "SMTPUTF8", NULL, 0),
 	};
 	int r = smtp_client_send(oc->smtp, &t, &ev);
 	if (r != 0) {
@@ -1089,8 +1229,7 @@ out_dispatch(struct worker *w)
 		if (d->jobs == 0)
 			continue;
 		if (sched_dest_down(d, w->now_ms)) {
-			out_defer_dest(w, d, 451, "451 4.4.1 destination is not responding, deferred",
-				       NULL);
+			out_fail_dest(w, d, 451, d->down_reason, NULL);
 			continue;
 		}
 		while (d->jobs > 0 && d->idle != NULL) {

@@ -253,8 +253,9 @@ sched_runnable_put(struct sched *s, struct sched_dest *d)
 }
 
 void
-sched_dest_failed(struct sched_dest *d, uint64_t now_ms)
+sched_dest_failed(struct sched_dest *d, uint64_t now_ms, const char *reason)
 {
+	snprintf(d->down_reason, sizeof(d->down_reason), "%s", reason);
 	uint64_t wait = SCHED_DOWN_MIN_MS;
 
 	for (unsigned i = 0; i < d->failures && wait < SCHED_DOWN_MAX_MS; i++)

@@ -21,6 +21,7 @@
 #define SCHED_KEY_MAX	     (CONFIG_DOMAIN_LEN + 16)
 #define SCHED_DOWN_MIN_MS    5000	/* a destination that failed waits this long first, */
 #define SCHED_DOWN_MAX_MS    300000	/* doubling per failure up to this */
+#define SCHED_REASON_MAX     256	/* why a destination is down, as a reply line */
 
 /* Where a recipient domain's mail goes, from the config's routes. */
 struct sched_route {
@@ -47,6 +48,7 @@ struct sched_dest {
 	void *idle;			/* the caller's list of idle connections */
 	unsigned failures;		/* in a row */
 	uint64_t down_until_ms;
+	char down_reason[SCHED_REASON_MAX];
 	bool runnable;			/* on the runnable list */
 	struct sched_dest *next_runnable;
 	struct sched_dest *hash_next;
@@ -89,8 +91,11 @@ struct sched_dest *sched_runnable_take(struct sched *s);
 /* Puts d back on the runnable list (it has jobs and may get a connection later). */
 void sched_runnable_put(struct sched *s, struct sched_dest *d);
 
-/* Connection outcomes: a failure marks the destination down, with a growing back-off. */
-void sched_dest_failed(struct sched_dest *d, uint64_t now_ms);
+/*
+ * Connection outcomes: a failure marks the destination down, with a growing back-off;
+ * reason (a 4xx reply line) is what its queued recipients are deferred with meanwhile.
+ */
+void sched_dest_failed(struct sched_dest *d, uint64_t now_ms, const char *reason);
 void sched_dest_ok(struct sched_dest *d);
 bool sched_dest_down(const struct sched_dest *d, uint64_t now_ms);
 
