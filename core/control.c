@@ -261,6 +261,13 @@ control_run(char *line, struct strbuf *reply, struct worker **workers, unsigned 
 			strbuf_printf(reply, "error %s is being delivered right now: try again\n", arg);
 		else
 			strbuf_puts(reply, "ok\n");
+	} else if (strcmp(cmd, "resolve") == 0 && arg != NULL) {
+		/* as the running server sees it: one worker's resolver is enough */
+		r.cmd = CONTROL_RESOLVE;
+		snprintf(r.arg, sizeof(r.arg), "%s", arg);
+		control_fan_out(&r, workers, 1);
+		strbuf_puts(reply, "ok\n");
+		strbuf_append(reply, r.out.data ? r.out.data : "", r.out.len);
 	} else if (strcmp(cmd, "show") == 0 && arg != NULL) {
 		r.cmd = CONTROL_SHOW;
 		snprintf(r.arg, sizeof(r.arg), "%s", arg);
@@ -274,7 +281,7 @@ control_run(char *line, struct strbuf *reply, struct worker **workers, unsigned 
 	} else {
 		strbuf_printf(reply,
 			      "error unknown command \"%s\" (try: queue, show ID, stats, flush, delete ID, "
-			      "hold ID, release ID)\n",
+			      "hold ID, release ID, resolve DOMAIN)\n",
 			      cmd);
 	}
 	if (r.out.overflow || reply->overflow) {

@@ -26,6 +26,7 @@ enum control_cmd {
 	CONTROL_DELETE,		/* remove message `arg` (no bounce) */
 	CONTROL_HOLD,		/* message `arg` is not delivered until released */
 	CONTROL_RELEASE,
+	CONTROL_RESOLVE,	/* next hops, addresses, DNSSEC state and TLSA of domain `arg` */
 	CONTROL_RELOAD,		/* use `policy` from now on (SIGHUP) */
 	CONTROL_STOP,		/* graceful stop: stop accepting, finish, exit the loop */
 };

@@ -1114,6 +1114,10 @@ worker_message_cmd(struct worker *w, struct control_request *r)
 static void
 worker_handle_request(struct worker *w, struct control_request *r)
 {
+	if (r->cmd == CONTROL_RESOLVE) {
+		out_resolve(w, r);	/* answered when the lookups are done */
+		return;
+	}
 	pthread_mutex_lock(&r->lock);
 	switch (r->cmd) {
 	case CONTROL_QUEUE:
@@ -1141,6 +1145,8 @@ worker_handle_request(struct worker *w, struct control_request *r)
 	case CONTROL_HOLD:
 	case CONTROL_RELEASE:
 		worker_message_cmd(w, r);
+		break;
+	case CONTROL_RESOLVE:
 		break;
 	case CONTROL_STOP:
 		break;

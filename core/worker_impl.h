@@ -246,6 +246,7 @@ bool out_idle(const struct worker *w);
 void out_on_cqe(struct worker *w, enum worker_op op, uint64_t ud, int res, unsigned flags);
 int out_dns_setup(struct worker *w, char *err, size_t err_len);
 void out_dns_pump(struct worker *w);
+void out_resolve(struct worker *w, struct control_request *r);
 int out_delete(struct worker *w, struct queue_message *m);
 int out_rewrite(struct worker *w, struct queue_message *m);
 void out_flush_queue(struct worker *w);

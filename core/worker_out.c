@@ -1373,3 +1373,120 @@ out:
 	free(params);
 	return r;
 }
+
+/* ---- ringmxctl resolve ----------------------------------------------------------------- */
+
+/* One diagnostic lookup: the next hops of a domain, then each host's TLSA. */
+struct out_resolve {
+	struct worker *w;
+	struct control_request *r;
+	struct dns_mx_result mx;
+	struct dns_tlsa_result tlsa[DNS_MX_MAX];
+	unsigned pending;
+};
+
+static void
+out_resolve_print(struct out_resolve *q)
+{
+	const struct dns_mx_result *mx = &q->mx;
+	struct strbuf *sb = &q->r->out;
+	static const char *const status[] = {[DNS_OK] = "ok", [DNS_TEMPFAIL] = "tempfail",
+					     [DNS_PERMFAIL] = "permfail"};
+
+	strbuf_printf(sb, "domain %s status %s dnssec %s mx-dnssec %s%s\n", q->r->arg,
+		      status[mx->status], dns_security_name(mx->security),
+		      dns_security_name(mx->mx_security), mx->implicit ? " (implicit MX)" : "");
+	if (mx->reason[0])
+		strbuf_printf(sb, "reason %s\n", mx->reason);
+	for (unsigned h = 0; h < mx->host_count; h++) {
+		const struct dns_host *host = &mx->hosts[h];
+		strbuf_printf(sb, "mx %u %s dnssec %s addresses", host->pref, host->name,
+			      dns_security_name(host->security));
+		for (unsigned a = 0; a < host->addr_count; a++) {
+			char text[INET6_ADDRSTRLEN];
+			inet_ntop(host->addrs[a].family, host->addrs[a].bytes, text, sizeof(text));
+			strbuf_printf(sb, " %s", text);
+		}
+		if (host->addr_count == 0)
+			strbuf_puts(sb, " none (not used)");
+		const struct dns_tlsa_result *t = &q->tlsa[h];
+		strbuf_printf(sb, "\n  tlsa _%u._tcp.%s dnssec %s:", q->w->cfg->outbound_port,
+			      host->name, dns_security_name(t->security));
+		for (unsigned i = 0; i < t->count; i++) {
+			strbuf_printf(sb, " %u %u %u ", t->records[i].usage, t->records[i].selector,
+				      t->records[i].mtype);
+			for (unsigned k = 0; k < t->records[i].data_len; k++)
+				strbuf_printf(sb, "%02x", t->records[i].data[k]);
+		}
+		strbuf_printf(sb, "%s%s\n", t->count == 0 ? " none " : "", t->count == 0 ? t->reason : "");
+	}
+}
+
+static void
+out_resolve_step(struct out_resolve *q)
+{
+	if (--q->pending > 0)
+		return;
+	pthread_mutex_lock(&q->r->lock);
+	q->r->found = true;
+	out_resolve_print(q);
+	pthread_mutex_unlock(&q->r->lock);
+	control_request_answered(q->r);
+	free(q);
+}
+
+struct out_resolve_tlsa {
+	struct out_resolve *q;
+	unsigned host;
+};
+
+static void
+out_resolve_tlsa_done(void *arg, const struct dns_tlsa_result *t)
+{
+	struct out_resolve_tlsa *qt = arg;
+
+	qt->q->tlsa[qt->host] = *t;
+	out_resolve_step(qt->q);
+	free(qt);
+}
+
+static void
+out_resolve_mx_done(void *arg, const struct dns_mx_result *mx)
+{
+	struct out_resolve *q = arg;
+
+	q->mx = *mx;
+	for (unsigned h = 0; h < mx->host_count; h++) {
+		struct out_resolve_tlsa *qt = malloc(sizeof(*qt));
+		if (qt == NULL)
+			continue;
+		*qt = (struct out_resolve_tlsa){.q = q, .host = h};
+		snprintf(q->tlsa[h].reason, sizeof(q->tlsa[h].reason), "not looked up");
+		q->pending++;
+		if (dns_resolve_tlsa(q->w->dns, mx->hosts[h].name, q->w->cfg->outbound_port,
+				     out_resolve_tlsa_done, qt) < 0) {
+			q->pending--;
+			free(qt);
+		}
+	}
+	out_resolve_step(q);
+}
+
+/* Starts the lookup; the request is answered from the resolver's callbacks. */
+void
+out_resolve(struct worker *w, struct control_request *r)
+{
+	struct out_resolve *q = calloc(1, sizeof(*q));
+
+	if (q != NULL) {
+		*q = (struct out_resolve){.w = w, .r = r, .pending = 1};
+		if (dns_resolve_mx(w->dns, r->arg, out_resolve_mx_done, q) > 0)
+			return;
+		free(q);
+	}
+	pthread_mutex_lock(&r->lock);
+	strbuf_printf(&r->out, "domain %s: cannot look it up\n", r->arg);
+	r->found = true;
+	pthread_mutex_unlock(&r->lock);
+	control_request_answered(r);
+}

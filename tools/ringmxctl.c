@@ -28,7 +28,8 @@ usage(FILE *f)
 		   "  flush            every deferred recipient is tried now\n"
 		   "  delete ID        remove a message from the queue (no bounce)\n"
 		   "  hold ID          keep a message queued without delivering it\n"
-		   "  release ID       deliver a held message again\n");
+		   "  release ID       deliver a held message again\n"
+		   "  resolve DOMAIN   next hops, addresses, DNSSEC state and TLSA, as the server sees them\n");
 }
 
 static int
