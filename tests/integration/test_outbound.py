@@ -88,21 +88,35 @@ def test_relayed_message_arrives_exactly(ringmx_factory):
 
 def test_received_header_matches_the_stored_one(ringmx_factory):
     """What the sink gets is what `ringmxctl show` had queued (our Received: first)."""
-    sink = Sink().start()
-    sink.port_saved = sink.port
-    sink.stop()  # down while we look at the queued copy
-    try:
+    with Sink(rcpt_policy=first_n(["451 4.3.0 later"])) as sink:
         server = relay_to(ringmx_factory, sink, queue={"retry": ["1h"], "max_lifetime": "1d"})
         qid = send(server, BODY)
         wait_until(lambda: outcome_lines(server, qid, "deferred"), 10, "a deferral")
         _, received, stored = show_message(server, qid)
         assert stored == BODY
-        sink = Sink(port=sink.port_saved).start()
-        wait_until(lambda: server.ctl("flush") and sink.accepted(), 15, "delivery after flush")
-        (msg,) = sink.accepted()
+        server.ctl("flush")
+        (msg,) = sink.wait_accepted(1)
         assert msg.data == received.encode() + BODY
-    finally:
-        sink.stop()
+
+
+def test_delete_refused_during_a_transaction(ringmx_factory):
+    release = threading.Event()
+
+    def stall(txn):
+        release.wait(10)  # the message is in ringmx's transaction until we answer
+        return None
+
+    with Sink(data_policy=stall) as sink:
+        server = relay_to(ringmx_factory, sink)
+        qid = send(server, b"Subject: busy\r\n\r\nbusy\r\n")
+        wait_until(lambda: sink.connections, 10, "the relay connection")
+        r = server.ctl("delete", qid, check=False)
+        release.set()
+        assert r.returncode != 0
+        assert r.stderr.strip(), "a refusal says why"
+        sink.wait_accepted(1)
+        wait_empty(server)
+        assert len(outcome_lines(server, qid, "delivered")) == 1
 
 
 def test_temporary_failure_retried_then_delivered(ringmx_factory):
