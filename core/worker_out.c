@@ -125,19 +125,20 @@ out_status_of(const char *error, char status[SMTP_CLIENT_STATUS_MAX])
 		snprintf(status, SMTP_CLIENT_STATUS_MAX, "%c.0.0", error[0] == '4' ? '4' : '5');
 }
 
+/* reply: the outcome's text (res->text may point at the error the outcome just replaced) */
 static void
 out_log_outcome(struct worker *w, const struct queue_message *m, const struct queue_rcpt *r,
-		enum out_outcome o, const struct out_result *res)
+		enum out_outcome o, const struct out_result *res, const char *reply)
 {
 	struct log_line *l = log_begin(CONFIG_LOG_INFO, m->id_text, out_outcome_names[o]);
 	char status[SMTP_CLIENT_STATUS_MAX];
 
-	out_status_of(r->last_error != NULL ? r->last_error : res->text, status);
+	out_status_of(reply, status);
 	log_str(l, "to", r->address);
 	log_uint(l, "code", res->code);
 	log_str(l, "dsn", res->status != NULL && res->status[0] ? res->status : status);
 	log_str(l, "relay", res->relay);
-	log_str(l, "reply", res->text);
+	log_str(l, "reply", reply);
 	log_uint(l, "delay_s", (w->wall_ms - m->arrival_ms) / 1000);
 	log_uint(l, "attempt", r->attempts);
 	log_end(l);
@@ -184,7 +185,7 @@ out_apply(struct worker *w, struct queue_message *m, const struct out_result *re
 	uint64_t next = o == OUT_DEFERRED ? w->wall_ms + out_retry_ms(w, attempts) : 0;
 	out_record(w, m, types[o], &res->idx, 1, attempts, next, error);
 	queue_rcpt_outcome(w->queue, m, res->idx, states[o], attempts, next, error);
-	out_log_outcome(w, m, r, o, res);
+	out_log_outcome(w, m, r, o, res, error);
 	if (o == OUT_DEFERRED)
 		sched_wake(w->sched, m->id, next);
 	w->stats.rcpts_delivered += o == OUT_DELIVERED;

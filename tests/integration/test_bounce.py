@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from conftest import sanitized_build, wait_until
+from conftest import wait_until
 from sinks import Sink
 from test_outbound import outcome_lines, relay_to, send, wait_empty
 
@@ -87,10 +87,6 @@ def test_550_bounces_to_sender(ringmx_factory):
         assert stats["queue_messages"] == 0
 
 
-@pytest.mark.xfail(sanitized_build(), strict=True, reason=(
-    "bug: heap-use-after-free: out_expire (core/worker_out.c) passes r->last_error as "
-    "res.text; out_apply's queue_rcpt_outcome frees and replaces last_error, then "
-    "out_log_outcome logs res->text (freed). ASan aborts the server; silent otherwise"))
 def test_expired_message_bounces_with_447(ringmx_factory):
     always_busy = refuse({"slow@example.test"}, "451 4.2.1 mailbox busy, try later")
     with Sink(rcpt_policy=always_busy) as sink:

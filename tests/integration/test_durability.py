@@ -37,13 +37,18 @@ def segments(server):
     return found
 
 
-def record_offsets(path):
-    """(offset, payload length) of each record of a segment, by its framing."""
+REC_MESSAGE = 1  # journal.h JOURNAL_REC_MESSAGE; deferral records follow each message here
+
+
+def record_offsets(path, rec_type=None):
+    """(offset, payload length) of each record (of rec_type, if given) of a segment."""
     data = open(path, "rb").read()
     off, out = SEG_HEADER_LEN, []
     while off + REC_HEADER_LEN <= len(data) and data[off:off + 4] == REC_MAGIC:
+        (kind,) = struct.unpack_from("<H", data, off + 4)
         (length,) = struct.unpack_from("<I", data, off + 8)
-        out.append((off, length))
+        if rec_type is None or kind == rec_type:
+            out.append((off, length))
         off += (REC_HEADER_LEN + length + 7) // 8 * 8
     return out
 
@@ -152,7 +157,7 @@ def test_corrupt_record_quarantines_segment(ringmx_factory):
     sent = dict(send(server, n) for n in range(3))
     server.stop()
     ((wdir, segs),) = segments(server).items()
-    records = record_offsets(segs[-1])
+    records = record_offsets(segs[-1], REC_MESSAGE)
     assert len(records) == 3
     off, length = records[0]
     with open(segs[-1], "r+b") as f:  # flip one payload byte of the first message
