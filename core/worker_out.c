@@ -110,6 +110,7 @@ struct out_result {
 	const char *status;	/* "5.1.1" */
 	const char *text;	/* the reply line(s) */
 	const char *relay;	/* the next hop's name (Remote-MTA), NULL when none was reached */
+	const char *addr;	/* its address and port, NULL likewise */
 };
 
 /* "550 5.1.1 text" -> "5.1.1"; else the class's generic status. */
@@ -138,6 +139,7 @@ out_log_outcome(struct worker *w, const struct queue_message *m, const struct qu
 	log_uint(l, "code", res->code);
 	log_str(l, "dsn", res->status != NULL && res->status[0] ? res->status : status);
 	log_str(l, "relay", res->relay);
+	log_str(l, "addr", res->addr);
 	log_str(l, "reply", reply);
 	log_uint(l, "delay_s", (w->wall_ms - m->arrival_ms) / 1000);
 	log_uint(l, "attempt", r->attempts);
@@ -275,8 +277,17 @@ out_bounce(struct worker *w, const struct queue_message *m, const struct dsn_rcp
 			 address_xtext_decode(envid_x, strlen(envid_x), envid, sizeof(envid)) >= 0;
 	bool full = out_param(m->sender_params, "RET", ret, sizeof(ret)) &&
 		    strcasecmp(ret, "FULL") == 0;
+	char id_text[QUEUE_ID_LEN + 1], date[64];
+	uint64_t id = queue_next_id(w->queue, w->wall_ms * 1000, id_text);
+	time_t now = (time_t)(w->wall_ms / 1000);
+	struct tm tm;
+	gmtime_r(&now, &tm);
+	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
 	struct strbuf sb;
-	strbuf_init(&sb, DSN_OUTPUT_MAX);
+	strbuf_init(&sb, DSN_OUTPUT_MAX + SMTP_RECEIVED_MAX);
+	/* the report starts its life here: its trace header says so (RFC 5321 §4.4) */
+	strbuf_printf(&sb, "Received: by %s (ringmx) id %s; %s\r\n", w->cfg->hostname, id_text,
+		      date);
 	struct dsn_report rep = {
 		.hostname = w->cfg->hostname,
 		.queue_id = m->id_text,
@@ -299,8 +310,6 @@ out_bounce(struct worker *w, const struct queue_message *m, const struct dsn_rcp
 		strbuf_free(&sb);
 		return;
 	}
-	char id_text[QUEUE_ID_LEN + 1];
-	uint64_t id = queue_next_id(w->queue, w->wall_ms * 1000, id_text);
 	const char *rcpt = m->sender, *params = "";
 	struct queue_envelope qe = {
 		.sender = "",
@@ -516,6 +525,7 @@ out_fail_dest(struct worker *w, struct sched_dest *d, unsigned code, const char 
 void
 out_flush_queue(struct worker *w)
 {
+	sched_dest_revive_all(w->sched);
 	for (struct queue_message *m = queue_next(w->queue, NULL); m != NULL;
 	     m = queue_next(w->queue, m)) {
 		for (unsigned i = 0; i < m->rcpt_count; i++) {
@@ -759,7 +769,10 @@ out_dns_done(void *arg, const struct dns_mx_result *r)
 	const char *reason = r->reason[0] ? r->reason : "451 4.4.3 no address to connect to";
 	struct log_line *l = log_begin(CONFIG_LOG_WARNING, NULL, "destination-failed");
 	log_str(l, "dest", d->route.key);
-	log_str(l, "dnssec", dns_security_name(r->security));
+	/* an answer that never came has no DNSSEC state to speak of */
+	log_str(l, "dnssec", r->status == DNS_TEMPFAIL && r->security != DNS_BOGUS
+				     ? "unknown"
+				     : dns_security_name(r->security));
 	log_str(l, "reason", reason);
 	log_end(l);
 	out_code_of(reason, &code);
@@ -1071,7 +1084,8 @@ out_job_done(struct worker *w, struct oconn *oc, const struct smtp_client_reply 
 						     .code = results[i].code,
 						     .status = results[i].status,
 						     .text = results[i].text,
-						     .relay = relay};
+						     .relay = relay,
+						     .addr = oc->peer_text};
 		}
 		out_results(w, m, res, n, (smtp_client_caps(oc->smtp) & SMTP_CLIENT_CAP_DSN) != 0);
 	}

@@ -1,5 +1,6 @@
 #include "dns/dns.h"
 
+#include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -37,6 +38,7 @@ enum { UB_SEC_INSECURE = 0, UB_SEC_BOGUS = 1, UB_SEC_SECURE = 2 };
 
 enum dns_kind {
 	DNS_KIND_MX,
+	DNS_KIND_HOST, /* an MX result for one named host: its A and AAAA, no MX query */
 	DNS_KIND_TLSA,
 };
 
@@ -566,12 +568,25 @@ mx_query_hosts(struct dns_req *r)
 	}
 }
 
+/* The name itself is the only host: it has no MX (RFC 5321 5.1), or the route names a host. */
+static void
+mx_single_host(struct dns_req *r)
+{
+	struct dns_mx_result *m = &r->res.mx;
+
+	m->implicit = true;
+	m->host_count = 1;
+	strcpy(m->hosts[0].name, r->name);
+	mx_query_hosts(r);
+}
+
 static void
 mx_on_mx(struct dns_req *r, const struct dns_answer *a)
 {
 	struct dns_mx_result *m = &r->res.mx;
 	int rc;
 
+	assert(r->kind == DNS_KIND_MX);
 	m->mx_security = a->security;
 	m->security = a->security;
 	switch (a->outcome) {
@@ -587,10 +602,8 @@ mx_on_mx(struct dns_req *r, const struct dns_answer *a)
 		set_reason(&m->status, m->reason, "550 5.1.2 domain %s does not exist", r->name);
 		return;
 	case OUT_NODATA:
-		m->implicit = true;
-		m->host_count = 1;
-		strcpy(m->hosts[0].name, r->name);
-		break;
+		mx_single_host(r);
+		return;
 	case OUT_DATA:
 		rc = mx_parse(r, a->msg);
 		if (rc < 0) {
@@ -680,6 +693,8 @@ mx_finish(struct dns_req *r)
 		set_reason(&m->status, m->reason, "%s", r->bogus_why);
 	else if (r->temp_why[0] != '\0')
 		set_reason(&m->status, m->reason, "%s", r->temp_why);
+	else if (r->kind == DNS_KIND_HOST)
+		set_reason(&m->status, m->reason, "550 5.1.2 host %s has no address", r->name);
 	else if (m->implicit)
 		set_reason(&m->status, m->reason, "550 5.1.2 domain %s has no MX and no address",
 		           r->name);
@@ -749,7 +764,7 @@ req_finish(struct dns_req *r)
 {
 	assert(r->pending == 0);
 	assert(!r->done);
-	if (r->kind == DNS_KIND_MX)
+	if (r->kind != DNS_KIND_TLSA)
 		mx_finish(r);
 	r->done = true;
 	*r->d->done_tail = r;
@@ -916,7 +931,7 @@ dns_timeout_ms(const struct dns *d)
 static void
 req_callback(struct dns_req *r)
 {
-	if (!r->cancelled && r->kind == DNS_KIND_MX)
+	if (!r->cancelled && r->kind != DNS_KIND_TLSA)
 		r->mx_cb(r->arg, &r->res.mx);
 	else if (!r->cancelled)
 		r->tlsa_cb(r->arg, &r->res.tlsa);
@@ -960,22 +975,58 @@ req_start(struct dns_req *r, uint16_t type)
 	return r->id;
 }
 
-int
-dns_resolve_mx(struct dns *d, const char *domain, dns_mx_cb cb, void *arg)
+/* A request whose callback gets a struct dns_mx_result; nothing started yet. */
+static int
+mx_req_new(struct dns *d, enum dns_kind kind, const char *name, dns_mx_cb cb, void *arg,
+           struct dns_req **out)
 {
-	char name[DNS_NAME_MAX + 1];
-	struct dns_req *r;
+	char norm[DNS_NAME_MAX + 1];
 	int rc;
 
 	assert(d != NULL);
-	assert(domain != NULL);
+	assert(name != NULL);
 	assert(cb != NULL);
-	if (name_normalize(domain, name) != 0)
+	if (name_normalize(name, norm) != 0)
 		return -EINVAL;
-	if ((rc = req_new(d, DNS_KIND_MX, name, arg, &r)) != 0)
+	if ((rc = req_new(d, kind, norm, arg, out)) != 0)
 		return rc;
-	r->mx_cb = cb;
-	return req_start(r, DNSWIRE_MX);
+	(*out)->mx_cb = cb;
+	return 0;
+}
+
+int
+dns_resolve_mx(struct dns *d, const char *domain, dns_mx_cb cb, void *arg)
+{
+	struct dns_req *r;
+	int rc = mx_req_new(d, DNS_KIND_MX, domain, cb, arg, &r);
+
+	return rc != 0 ? rc : req_start(r, DNSWIRE_MX);
+}
+
+int
+dns_resolve_host(struct dns *d, const char *host, dns_mx_cb cb, void *arg)
+{
+	struct in_addr literal;
+	struct dns_req *r;
+	int rc = mx_req_new(d, DNS_KIND_HOST, host, cb, arg, &r);
+
+	if (rc != 0)
+		return rc;
+	/* "[192.0.2.1]" needs no lookup; asking DNS for it would only turn a bug into a 550. */
+	if (inet_pton(AF_INET, r->name, &literal) == 1) {
+		req_free(r);
+		return -EINVAL;
+	}
+	/* No MX answer is consulted, so none weakens the result: security is the host's alone. */
+	r->res.mx.security = DNS_SECURE;
+	r->res.mx.mx_security = DNS_SECURE;
+	mx_single_host(r);
+	if (r->pending == 0) {
+		/* Neither A nor AAAA started, and query_wait fails only for memory. */
+		req_free(r);
+		return -ENOMEM;
+	}
+	return r->id;
 }
 
 int

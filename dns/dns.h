@@ -123,6 +123,15 @@ int dns_process(struct dns *d);
 
 /* Return a request id (> 0) for dns_cancel, -EINVAL for a bad name or -DNS_EFULL. */
 int dns_resolve_mx(struct dns *d, const char *domain, dns_mx_cb cb, void *arg);
+/*
+ * The A and AAAA records of host alone, with no MX lookup: for a route "[host]:port" (RFC 5321:
+ * a bracketed host is used as is). The result has one host (hosts[0].name is host, pref 0,
+ * implicit set), ordered and limited as an MX host's; mx_security is DNS_SECURE (no MX answer
+ * is involved), so hosts[0].security alone decides DANE. Failures: bogus 451 4.7.5,
+ * SERVFAIL/timeout 451 4.4.3, NXDOMAIN or no address 550 5.1.2. -EINVAL also for an IPv4
+ * literal (the caller connects to it without DNS).
+ */
+int dns_resolve_host(struct dns *d, const char *host, dns_mx_cb cb, void *arg);
 int dns_resolve_tlsa(struct dns *d, const char *host, uint16_t port, dns_tlsa_cb cb, void *arg);
 /* Its callback will not run. Ids of finished or cancelled requests are ignored. */
 void dns_cancel(struct dns *d, int id);

@@ -278,3 +278,12 @@ sched_dest_down(const struct sched_dest *d, uint64_t now_ms)
 {
 	return now_ms < d->down_until_ms;
 }
+
+void
+sched_dest_revive_all(struct sched *s)
+{
+	for (unsigned b = 0; b < SCHED_BUCKETS; b++) {
+		for (struct sched_dest *d = s->buckets[b]; d != NULL; d = d->hash_next)
+			sched_dest_ok(d);
+	}
+}

@@ -99,4 +99,7 @@ void sched_dest_failed(struct sched_dest *d, uint64_t now_ms, const char *reason
 void sched_dest_ok(struct sched_dest *d);
 bool sched_dest_down(const struct sched_dest *d, uint64_t now_ms);
 
+/* Every destination may be tried again now (ringmxctl flush). */
+void sched_dest_revive_all(struct sched *s);
+
 #endif

@@ -108,17 +108,40 @@ on_tlsa(void *arg, const struct dns_tlsa_result *r)
 	w->r = *r;
 }
 
+/* dns_resolve_mx or dns_resolve_host */
+typedef int (*resolve_fn)(struct dns *d, const char *name, dns_mx_cb cb, void *arg);
+
 static struct dns_mx_result
-mx(struct dns *d, const char *domain)
+resolve_wait(struct dns *d, resolve_fn resolve, const char *name)
 {
 	struct mx_wait w = {0};
-	int id = dns_resolve_mx(d, domain, on_mx, &w);
+	int id = resolve(d, name, on_mx, &w);
 
 	CHECK(id > 0);
 	if (id > 0)
 		run_until(d, &w.calls, 1);
 	CHECK(w.calls == 1);
 	return w.r;
+}
+
+static struct dns_mx_result
+mx(struct dns *d, const char *domain)
+{
+	return resolve_wait(d, dns_resolve_mx, domain);
+}
+
+static struct dns_mx_result
+host(struct dns *d, const char *name)
+{
+	return resolve_wait(d, dns_resolve_host, name);
+}
+
+/* The shape every dns_resolve_host result has: one host, the name asked for. */
+static bool
+host_shape(const struct dns_mx_result *r, const char *name)
+{
+	return r->implicit && r->host_count == 1 && r->hosts[0].pref == 0 &&
+	       strcmp(r->hosts[0].name, name) == 0;
 }
 
 static struct dns_tlsa_result
@@ -212,6 +235,11 @@ test_names(struct dns *d)
 	CHECK(dns_resolve_mx(d, longname, on_mx, &w) == -EINVAL); /* over DNS_NAME_MAX */
 	longname[DNS_NAME_MAX] = '\0';
 	CHECK(dns_resolve_tlsa(d, longname, 25, on_tlsa, &w) == -EINVAL); /* _25._tcp. too long */
+	CHECK(dns_resolve_host(d, "a..test", on_mx, &w) == -EINVAL);
+	CHECK(dns_resolve_host(d, "[mail.mx.test]", on_mx, &w) == -EINVAL); /* brackets: caller's */
+	CHECK(dns_resolve_host(d, "192.0.2.1", on_mx, &w) == -EINVAL);      /* a literal: no DNS */
+	CHECK(dns_resolve_host(d, "192.0.2.1.", on_mx, &w) == -EINVAL);
+	CHECK(dns_resolve_host(d, "2001:db8::1", on_mx, &w) == -EINVAL);
 	CHECK(dns_inflight(d) == 0);
 	CHECK(w.calls == 0);
 }
@@ -386,6 +414,74 @@ test_tlsa(struct dns *d)
 }
 
 static void
+test_host(struct dns *d)
+{
+	struct dns_mx_result r = host(d, "Implicit.MX.test.");
+
+	CHECK(r.status == DNS_OK);
+	CHECK(host_shape(&r, "implicit.mx.test"));
+	CHECK(r.reason[0] == '\0');
+	CHECK(r.security == DNS_SECURE);
+	CHECK(r.mx_security == DNS_SECURE);
+	CHECK(r.hosts[0].security == DNS_SECURE);
+	CHECK(r.hosts[0].addr_count == 2);
+	CHECK(addr_is(&r.hosts[0].addrs[0], "192.0.2.10"));
+	CHECK(addr_is(&r.hosts[0].addrs[1], "2001:db8::10"));
+
+	/* The name's own addresses, never its MX host's (mx1: 192.0.2.1). */
+	r = host(d, "selfmx.mx.test");
+	CHECK(r.status == DNS_OK);
+	CHECK(host_shape(&r, "selfmx.mx.test"));
+	CHECK(r.hosts[0].addr_count == 2);
+	CHECK(addr_is(&r.hosts[0].addrs[0], "192.0.2.40"));
+	CHECK(addr_is(&r.hosts[0].addrs[1], "2001:db8::40"));
+	CHECK(mx(d, "selfmx.mx.test").hosts[0].addr_count == 2); /* as an MX domain: mx1's */
+	CHECK(addr_is(&mx(d, "selfmx.mx.test").hosts[0].addrs[0], "192.0.2.1"));
+
+	/* An MX but no address of its own: nothing to connect to. */
+	r = host(d, "multi.mx.test");
+	CHECK(r.status == DNS_PERMFAIL);
+	CHECK(starts(r.reason, "550 5.1.2 "));
+	CHECK(strstr(r.reason, "multi.mx.test") != NULL);
+	CHECK(host_shape(&r, "multi.mx.test"));
+	CHECK(r.hosts[0].addr_count == 0);
+
+	r = host(d, "NoSuchHost.mx.test");
+	CHECK(r.status == DNS_PERMFAIL);
+	CHECK(starts(r.reason, "550 5.1.2 "));
+	CHECK(strstr(r.reason, "nosuchhost.mx.test") != NULL);
+	CHECK(r.security == DNS_SECURE); /* the denials validated */
+	CHECK(r.hosts[0].addr_count == 0);
+
+	r = host(d, "manyaddr.mx.test");
+	CHECK(r.status == DNS_OK);
+	CHECK(r.hosts[0].addr_count == DNS_ADDR_MAX);
+}
+
+static void
+test_host_security(struct dns *d)
+{
+	struct dns_mx_result r = host(d, "mail.insecure.test");
+
+	CHECK(r.status == DNS_OK);
+	CHECK(host_shape(&r, "mail.insecure.test"));
+	CHECK(r.security == DNS_INSECURE);
+	CHECK(r.hosts[0].security == DNS_INSECURE);
+	CHECK(r.mx_security == DNS_SECURE); /* no MX answer involved */
+	CHECK(r.hosts[0].addr_count == 1);
+	CHECK(addr_is(&r.hosts[0].addrs[0], "192.0.2.20"));
+
+	r = host(d, "mail.bogus.test");
+	CHECK(r.status == DNS_TEMPFAIL);
+	CHECK(starts(r.reason, "451 4.7.5 "));
+	CHECK(strstr(r.reason, "mail.bogus.test") != NULL);
+	CHECK(r.security == DNS_BOGUS);
+	CHECK(r.hosts[0].security == DNS_BOGUS);
+	CHECK(host_shape(&r, "mail.bogus.test"));
+	CHECK(r.hosts[0].addr_count == 0);
+}
+
+static void
 test_ipv6_first(const struct fixture *f)
 {
 	struct dns *d = fixture_dns(f, f->forward, f->conf, true, true);
@@ -397,6 +493,10 @@ test_ipv6_first(const struct fixture *f)
 	CHECK(r.hosts[0].addr_count == 2);
 	CHECK(addr_is(&r.hosts[0].addrs[0], "2001:db8::10"));
 	CHECK(addr_is(&r.hosts[0].addrs[1], "192.0.2.10"));
+	r = host(d, "selfmx.mx.test");
+	CHECK(r.hosts[0].addr_count == 2);
+	CHECK(addr_is(&r.hosts[0].addrs[0], "2001:db8::40"));
+	CHECK(addr_is(&r.hosts[0].addrs[1], "192.0.2.40"));
 	dns_free(d);
 }
 
@@ -430,27 +530,37 @@ test_forwarder_down(const struct fixture *f)
 	CHECK(r.status == DNS_TEMPFAIL);
 	CHECK(starts(r.reason, "451 4.4.3 ") || starts(r.reason, "451 4.7.5 "));
 	printf("forwarder down: \"%s\" after %.0f ms\n", r.reason, took);
+	r = host(d, "implicit.mx.test");
+	CHECK(r.status == DNS_TEMPFAIL);
+	CHECK(starts(r.reason, "451 4.4.3 ") || starts(r.reason, "451 4.7.5 "));
+	CHECK(host_shape(&r, "implicit.mx.test"));
+	printf("forwarder down, host: \"%s\"\n", r.reason);
 	struct dns_tlsa_result t = tlsa(d, "mx1.multi.mx.test");
 	CHECK(t.status == DNS_TEMPFAIL);
 	CHECK(t.count == 0);
 	dns_free(d);
 }
 
-static void
-test_merge_and_cancel(struct dns *d)
+/*
+ * Two lookups of name through resolve and one through other share their queries; one cancelled
+ * leaves them running for the rest. Returns the first lookup's result.
+ */
+static struct dns_mx_result
+merge_and_cancel(struct dns *d, resolve_fn resolve, resolve_fn other, const char *name,
+                 const char *cancelled)
 {
 	struct mx_wait a = {0}, b = {0}, c = {0};
-	int ida = dns_resolve_mx(d, "insecure.test", on_mx, &a);
-	int idb = dns_resolve_mx(d, "insecure.test", on_mx, &b);
-	int idc = dns_resolve_mx(d, "insecure.test", on_mx, &c);
+	int ida = resolve(d, name, on_mx, &a);
+	int idb = resolve(d, name, on_mx, &b);
+	int idc = other(d, name, on_mx, &c);
 
 	CHECK(ida > 0 && idb > 0 && idc > 0);
 	CHECK(ida != idb);
 	CHECK(dns_inflight(d) == 3);
-	/* Cancelling one sharer leaves the shared query running for the others. */
 	dns_cancel(d, idb);
 	CHECK(dns_inflight(d) == 2);
 	dns_cancel(d, idb); /* stale id: ignored */
+	run_until(d, &a.calls, 1);
 	run_until(d, &c.calls, 1);
 	CHECK(a.calls == 1 && c.calls == 1);
 	CHECK(b.calls == 0);
@@ -459,12 +569,26 @@ test_merge_and_cancel(struct dns *d)
 	dns_cancel(d, ida); /* finished: ignored */
 
 	/* Cancelled alone: no callback ever, nothing left in flight. */
-	int id = dns_resolve_mx(d, "cancelled.mx.test", on_mx, &b);
+	int id = resolve(d, cancelled, on_mx, &b);
 	CHECK(id > 0);
 	dns_cancel(d, id);
 	CHECK(dns_inflight(d) == 0);
 	CHECK(mx(d, "implicit.mx.test").status == DNS_OK);
 	CHECK(b.calls == 0);
+	return a.r;
+}
+
+static void
+test_merge_and_cancel(struct dns *d)
+{
+	merge_and_cancel(d, dns_resolve_mx, dns_resolve_mx, "insecure.test", "cancelled.mx.test");
+	/* The host's A and AAAA queries, which the MX lookup's implicit host asks for too. */
+	struct dns_mx_result r =
+	    merge_and_cancel(d, dns_resolve_host, dns_resolve_mx, "hostmerge.wild.mx.test",
+	                     "hostcancel.wild.mx.test");
+	CHECK(host_shape(&r, "hostmerge.wild.mx.test"));
+	CHECK(r.hosts[0].addr_count == 1);
+	CHECK(addr_is(&r.hosts[0].addrs[0], "192.0.2.99"));
 }
 
 static void
@@ -483,6 +607,7 @@ test_inflight_limit(struct dns *d)
 	CHECK(dns_inflight(d) == DNS_INFLIGHT_MAX);
 	CHECK(dns_resolve_mx(d, "limit.mx.test", on_mx, &w) == -DNS_EFULL);
 	CHECK(dns_resolve_tlsa(d, "limit.mx.test", 25, on_tlsa, &w) == -DNS_EFULL);
+	CHECK(dns_resolve_host(d, "limit.mx.test", on_mx, &w) == -DNS_EFULL);
 	CHECK(strstr(dns_strerror(-DNS_EFULL), "DNS_INFLIGHT_MAX") != NULL);
 	for (int i = 0; i < n; i++)
 		dns_cancel(d, ids[i]);
@@ -1192,6 +1317,8 @@ main(void)
 		test_mx_security(d);
 		test_mx_limits(d);
 		test_tlsa(d);
+		test_host(d);
+		test_host_security(d);
 		test_merge_and_cancel(d);
 		test_inflight_limit(d);
 		load_round(d, "uncached");
