@@ -972,9 +972,13 @@ worker_on_tick(struct worker *w)
 {
 	bool grace_over = w->stopping && w->now_ms >= w->stop_deadline_ms;
 
-	for (unsigned i = 0; i < w->conn_max; i++) {
+	/* slots are taken lowest first, so the open ones sit at the front of the table */
+	for (unsigned i = 0, seen = 0; i < w->conn_max && seen < w->active; i++) {
 		struct conn *c = &w->conns[i];
-		if (c->fd < 0 || smtp_server_state(c->smtp) == SMTP_SERVER_CLOSING || c->waiting)
+		if (c->fd < 0)
+			continue;
+		seen++;
+		if (smtp_server_state(c->smtp) == SMTP_SERVER_CLOSING || c->waiting)
 			continue;
 		if (w->now_ms >= c->deadline_ms) {
 			struct log_line *l = log_begin(CONFIG_LOG_INFO, NULL, "timeout");

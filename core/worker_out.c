@@ -134,6 +134,8 @@ out_log_outcome(struct worker *w, const struct queue_message *m, const struct qu
 	struct log_line *l = log_begin(CONFIG_LOG_INFO, m->id_text, out_outcome_names[o]);
 	char status[SMTP_CLIENT_STATUS_MAX];
 
+	if (l == NULL)
+		return;
 	out_status_of(reply, status);
 	log_str(l, "to", r->address);
 	log_uint(l, "code", res->code);
