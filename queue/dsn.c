@@ -166,12 +166,14 @@ dsn_text_clean(const char *src, char *dst, size_t cap)
 }
 
 /*
- * Appends s[0..n) after col octets already on the line, ending with CRLF: folded before
+ * Appends s[0..n) after col octets already on the line, ending with CRLF: broken before
  * a space so lines stay within DSN_FOLD_WIDTH where words allow, and a run without
- * spaces broken with CRLF SP at DSN_LINE_MAX. s has no CR or LF.
+ * spaces broken with CRLF SP at DSN_LINE_MAX. s has no CR or LF. A header field is
+ * folded (the space starts the next line, RFC 5322 §2.2.3); body text is wrapped (the
+ * space is dropped).
  */
 static void
-dsn_fold(struct strbuf *out, size_t col, const char *s, size_t n)
+dsn_break(struct strbuf *out, size_t col, const char *s, size_t n, bool header)
 {
 	while (col + n > DSN_FOLD_WIDTH) {
 		size_t cut = 0;
@@ -193,12 +195,27 @@ dsn_fold(struct strbuf *out, size_t col, const char *s, size_t n)
 			strbuf_append(out, s, cut);
 			strbuf_append(out, "\r\n", 2);
 			col = 0;
+			if (!header) {
+				cut++;	/* the space the line was broken at */
+			}
 		}
 		s += cut;
 		n -= cut;
 	}
 	strbuf_append(out, s, n);
 	strbuf_append(out, "\r\n", 2);
+}
+
+static void
+dsn_fold(struct strbuf *out, size_t col, const char *s, size_t n)
+{
+	dsn_break(out, col, s, n, true);
+}
+
+static void
+dsn_wrap(struct strbuf *out, const char *s, size_t n)
+{
+	dsn_break(out, 0, s, n, false);
 }
 
 /* "Name: value" folded; value has no CR or LF. */
@@ -505,7 +522,7 @@ dsn_write_return_note(struct strbuf *out, const struct dsn_plan *p)
 	};
 
 	strbuf_puts(out, "\r\n");
-	dsn_fold(out, 0, notes[p->ret], strlen(notes[p->ret]));
+	dsn_wrap(out, notes[p->ret], strlen(notes[p->ret]));
 }
 
 static void
@@ -531,7 +548,7 @@ dsn_write_human(struct strbuf *out, const struct dsn_plan *p)
 				continue;
 			if (!any) {
 				strbuf_puts(out, "\r\n");
-				dsn_fold(out, 0, intro[g], strlen(intro[g]));
+				dsn_wrap(out, intro[g], strlen(intro[g]));
 				strbuf_puts(out, "\r\n");
 			}
 			any = true;

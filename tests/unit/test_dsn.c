@@ -323,7 +323,7 @@ test_ret(void)
 	CHECK(build(&r, &sb) == 0);
 	CHECK(strstr(sb.data, "text/rfc822-headers") == NULL);
 	CHECK(strstr(sb.data, "message/rfc822") == NULL);
-	CHECK(strstr(sb.data, "is larger than 131072 octets and is not\r\n attached."));
+	CHECK(strstr(sb.data, "is larger than 131072 octets and is not\r\nattached."));
 	CHECK(count_of(sb.data, "--=_dsn-") == 3);
 	python_check("no_original", &sb, "none", "failed");
 	strbuf_free(&sb);
