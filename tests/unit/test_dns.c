@@ -20,19 +20,9 @@
 
 #include "dns/dnsevent.h"
 #include "dns/dnswire.h"
+#include "tests/unit/check.h"
 
-static int passed;
-static int failed;
 
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (cond) {                                                                        \
-			passed++;                                                                  \
-		} else {                                                                           \
-			failed++;                                                                  \
-			printf("%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond);            \
-		}                                                                                  \
-	} while (0)
 
 #define FIXTURE_SCRIPTS "../fixtures/dns"
 #define WAIT_MS         20000

@@ -7,20 +7,11 @@
 #include "queue/queue.c"
 
 #include <stdio.h>
+#include "tests/unit/check.h"
 
 #define SCRATCH_LEN 65536
 
-static int passed, failed;
 
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (cond) {                                                                        \
-			passed++;                                                                  \
-		} else {                                                                           \
-			failed++;                                                                  \
-			printf("%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond);            \
-		}                                                                                  \
-	} while (0)
 
 static const char *const test_rcpts[] = {"a@example.org", "b@example.org", "c@example.net"};
 static const char *const test_params[] = {"NOTIFY=SUCCESS", "", "ORCPT=rfc822;c@x"};

@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "tests/unit/check.h"
 
 #define FIXTURE_DIR      "../fixtures/smtp"
 #define TRANSCRIPT_LINES 512
@@ -38,17 +39,7 @@
 #define TRACE_LINE_MAX   (64 * 1024)
 #define TRANSCRIPT_PATH  512
 
-static int passed, failed;
 
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (cond) {                                                                        \
-			passed++;                                                                  \
-		} else {                                                                           \
-			failed++;                                                                  \
-			printf("%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond);            \
-		}                                                                                  \
-	} while (0)
 
 struct segment {
 	size_t start, len; /* into transcript.input */
