@@ -1,17 +1,19 @@
 #!/bin/sh
-# install-deps.sh [build|test] -- installs the Debian 12 packages ringmx needs.
+# install-deps.sh [build|test|bench] -- installs the Debian 12 packages ringmx needs.
 # Idempotent: quiet, and no apt-get at all, when everything is already there.
 set -eu
 
 build="meson ninja-build pkg-config gcc liburing-dev libwolfssl-dev libunbound-dev
 libjemalloc-dev libfyaml-dev libcrypt-dev libevent-dev dns-root-data"
 test="$build python3 python3-pytest python3-dnspython python3-aiosmtpd swaks postfix
-unbound nsd ldnsutils clang iproute2 procps"
+unbound nsd ldnsutils clang libclang-rt-14-dev iproute2 procps"
+bench="$test time"
 
 case "${1:-build}" in
 build) want=$build ;;
 test) want=$test ;;
-*) echo "usage: $0 [build|test]" >&2; exit 2 ;;
+bench) want=$bench ;;
+*) echo "usage: $0 [build|test|bench]" >&2; exit 2 ;;
 esac
 
 missing=""
