@@ -1,8 +1,9 @@
 /*
  * test_smtp_client.c -- dialogue transcripts (tests/fixtures/smtp_client, *.txt), each
  * run with the server's replies whole, one byte at a time (with output also consumed
- * one byte at a time) and split in two at every point; plus checks of limits, output
- * segmentation and API misuse that transcripts cannot express well.
+ * one byte at a time) and split in two at every point (tests/unit/transcript.c); plus
+ * checks of limits, output segmentation and API misuse that transcripts cannot express
+ * well.
  *
  * Transcript lines ("X: " prefix, then the text):
  *   # ...       comment (blank lines are ignored too)
@@ -26,42 +27,23 @@
  */
 #include "core/smtp_client.h"
 
-#include <dirent.h>
+#include "tests/unit/check.h"
+#include "tests/unit/transcript.h"
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "tests/unit/check.h"
 
-#define FIXTURE_DIR      "../fixtures/smtp_client"
-#define TRANSCRIPT_LINES 512
-#define TRANSCRIPT_BYTES (64 * 1024)
-#define TRANSCRIPT_FILES 64
-#define SEGMENTS_MAX     128
-#define TRACE_LINE_MAX   (16 * 1024)
-#define TRANSCRIPT_PATH  512
-#define RUN_RCPTS_MAX    16
-#define RUN_IOV_MAX      3 /* small, so output is described over several calls */
-#define BODY_MAX         4096
+#define FIXTURE_DIR   "../fixtures/smtp_client"
+#define OUTPUT_MAX    (64 * 1024) /* client output drained into one C: line */
+#define RUN_RCPTS_MAX 16
+#define RUN_IOV_MAX   3 /* small, so output is described over several calls */
+#define BODY_MAX      4096
 
-
-
-struct segment {
-	size_t start, len; /* into transcript.input */
-	char *action;      /* the A: text, "counts" for K:, NULL for the last segment */
-};
-
-struct transcript {
-	char name[TRANSCRIPT_PATH];
+/* What a transcript's P: line sets up. */
+struct client_setup {
 	struct smtp_client_params params;
 	char helo[256];
-	uint8_t input[TRANSCRIPT_BYTES];
-	size_t input_len;
-	struct segment seg[SEGMENTS_MAX];
-	size_t seg_count;
-	char *expect[TRANSCRIPT_LINES];
-	size_t expect_count;
 };
 
 /* What the A: lines build up for the next send. */
@@ -73,27 +55,14 @@ struct pending {
 	size_t body_len;
 };
 
-struct trace {
-	char *line[TRANSCRIPT_LINES * 2];
-	size_t count;
+/* One run of a transcript. */
+struct client_run {
+	struct smtp_client *c;
+	const struct client_setup *setup;
+	struct transcript_trace *tr;
 	bool byte_output; /* consume output one byte at a time */
 	struct pending pend;
 };
-
-static void trace_add(struct trace *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void
-trace_add(struct trace *t, const char *fmt, ...)
-{
-	char buf[TRACE_LINE_MAX];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(buf, sizeof(buf), fmt, ap);
-	va_end(ap);
-	if (t->count < sizeof(t->line) / sizeof(t->line[0]))
-		t->line[t->count++] = strdup(buf);
-}
 
 static void
 pending_clear(struct pending *p)
@@ -106,196 +75,64 @@ pending_clear(struct pending *p)
 }
 
 static void
-trace_free(struct trace *t)
+setup_reset(void *arg)
 {
-	for (size_t i = 0; i < t->count; i++)
-		free(t->line[i]);
-	t->count = 0;
-	pending_clear(&t->pend);
-}
+	struct client_setup *su = arg;
 
-/* Decodes the escapes; returns the length or -1 on a malformed escape. */
-static long
-unescape(const char *text, uint8_t *out, size_t size)
-{
-	size_t n = 0;
-
-	for (const char *p = text; *p != '\0'; p++) {
-		unsigned v = (unsigned char)*p, count = 1;
-
-		if (*p == '\\') {
-			p++;
-			if (*p == 'r')
-				v = '\r';
-			else if (*p == 'n')
-				v = '\n';
-			else if (*p == 't')
-				v = '\t';
-			else if (*p == '\\')
-				v = '\\';
-			else if (*p == 'x' && sscanf(p + 1, "%2x", &v) == 1)
-				p += 2;
-			else if (*p == '[' && sscanf(p + 1, "%u", &count) == 1 && strchr(p, ']'))
-				p = strchr(p, ']') + 1, v = (unsigned char)*p;
-			else
-				return -1;
-			if (*p == '\0')
-				return -1;
-		}
-		if (n + count > size)
-			return -1;
-		memset(out + n, (int)v, count);
-		n += count;
-	}
-	return (long)n;
-}
-
-static void
-escape(const uint8_t *in, size_t len, char *out, size_t size)
-{
-	size_t n = 0;
-
-	for (size_t i = 0; i < len && n + 5 < size; i++) {
-		if (in[i] == '\r')
-			n += (size_t)snprintf(out + n, size - n, "\\r");
-		else if (in[i] == '\n')
-			n += (size_t)snprintf(out + n, size - n, "\\n");
-		else if (in[i] == '\\')
-			n += (size_t)snprintf(out + n, size - n, "\\\\");
-		else if (in[i] < 0x20 || in[i] > 0x7e)
-			n += (size_t)snprintf(out + n, size - n, "\\x%02x", in[i]);
-		else
-			out[n++] = (char)in[i];
-	}
-	out[n] = '\0';
+	memset(su, 0, sizeof(*su));
+	snprintf(su->helo, sizeof(su->helo), "relay.example.org");
+	su->params = (struct smtp_client_params){.helo_name = su->helo,
+	                                         .tls_mode = SMTP_CLIENT_TLS_NONE,
+	                                         .reply_line_max = 512,
+	                                         .reply_lines_max = 100,
+	                                         .rcpt_count_max = 100};
 }
 
 static int
-transcript_param(struct transcript *t, const char *word)
+setup_param(void *arg, const char *word)
 {
+	struct client_setup *su = arg;
 	unsigned long v;
 
 	if (strcmp(word, "tls=none") == 0)
-		t->params.tls_mode = SMTP_CLIENT_TLS_NONE;
+		su->params.tls_mode = SMTP_CLIENT_TLS_NONE;
 	else if (strcmp(word, "tls=may") == 0)
-		t->params.tls_mode = SMTP_CLIENT_TLS_MAY;
+		su->params.tls_mode = SMTP_CLIENT_TLS_MAY;
 	else if (strcmp(word, "tls=required") == 0)
-		t->params.tls_mode = SMTP_CLIENT_TLS_REQUIRED;
+		su->params.tls_mode = SMTP_CLIENT_TLS_REQUIRED;
 	else if (strcmp(word, "tls_active") == 0)
-		t->params.tls_active = true;
-	else if (sscanf(word, "helo=%255s", t->helo) == 1)
+		su->params.tls_active = true;
+	else if (sscanf(word, "helo=%255s", su->helo) == 1)
 		return 0;
 	else if (sscanf(word, "line=%lu", &v) == 1)
-		t->params.reply_line_max = v;
+		su->params.reply_line_max = v;
 	else if (sscanf(word, "lines=%lu", &v) == 1)
-		t->params.reply_lines_max = (unsigned)v;
+		su->params.reply_lines_max = (unsigned)v;
 	else if (sscanf(word, "rcpts=%lu", &v) == 1)
-		t->params.rcpt_count_max = (unsigned)v;
+		su->params.rcpt_count_max = (unsigned)v;
 	else
 		return -1;
 	return 0;
 }
 
+/* A line of a kind the helper leaves to this test; returns -1 when it is malformed. */
 static int
-transcript_input(struct transcript *t, const char *text, bool crlf)
+setup_line(void *arg, struct transcript *t, char kind, char *text)
 {
-	long n = unescape(text, t->input + t->input_len, sizeof(t->input) - t->input_len - 2);
-
-	if (n < 0)
-		return -1;
-	if (crlf) {
-		memcpy(t->input + t->input_len + n, "\r\n", 2);
-		n += 2;
-	}
-	t->input_len += (size_t)n;
-	t->seg[t->seg_count - 1].len += (size_t)n;
-	return 0;
-}
-
-/* One transcript line; returns -1 when it is malformed. */
-static int
-transcript_line(struct transcript *t, char kind, char *text)
-{
-	if (kind == 'S' || kind == 'F')
+	switch (kind) {
+	case 'S':
+	case 'F':
 		return transcript_input(t, text, kind == 'S');
-	if (kind == 'P') {
-		for (char *w = strtok(text, " "); w != NULL; w = strtok(NULL, " ")) {
-			if (transcript_param(t, w) < 0)
-				return -1;
-		}
-		return 0;
-	}
-	if (kind == 'A' || kind == 'K') {
-		struct segment *seg = &t->seg[t->seg_count - 1];
-
-		if (t->seg_count == SEGMENTS_MAX)
-			return -1;
-		seg->action = strdup(kind == 'K' ? "counts" : text);
-		t->seg[t->seg_count++] = (struct segment){.start = t->input_len};
-		if (kind == 'A')
-			return 0;
-	}
-	if (kind != 'C' && kind != 'E' && kind != 'R' && kind != 'K')
+	case 'C':
+		return transcript_expect(t, kind, text, true);
+	case 'E':
+	case 'R':
+		return transcript_expect(t, kind, text, false);
+	case 'A':
+		return transcript_segment_end(t, text);
+	default:
 		return -1;
-	if (kind == 'C') {
-		static uint8_t bytes[TRANSCRIPT_BYTES];
-		static char norm[4 * TRANSCRIPT_BYTES];
-		long n = unescape(text, bytes, sizeof(bytes));
-
-		if (n < 0)
-			return -1;
-		escape(bytes, (size_t)n, norm, sizeof(norm));
-		text = norm;
 	}
-	t->expect[t->expect_count] = malloc(strlen(text) + 4);
-	sprintf(t->expect[t->expect_count++], "%c: %s", kind, text);
-	return 0;
-}
-
-static int
-transcript_load(struct transcript *t, const char *path)
-{
-	char line[TRACE_LINE_MAX];
-	FILE *f = fopen(path, "r");
-	int lineno = 0;
-
-	if (f == NULL)
-		return -1;
-	memset(t, 0, sizeof(*t));
-	snprintf(t->name, sizeof(t->name), "%s", path);
-	snprintf(t->helo, sizeof(t->helo), "relay.example.org");
-	t->params = (struct smtp_client_params){.tls_mode = SMTP_CLIENT_TLS_NONE,
-	                                        .reply_line_max = 512,
-	                                        .reply_lines_max = 100,
-	                                        .rcpt_count_max = 100};
-	t->seg_count = 1;
-	while (fgets(line, sizeof(line), f) != NULL) {
-		size_t len = strcspn(line, "\n");
-
-		lineno++;
-		line[len] = '\0';
-		if (len == 0 || line[0] == '#')
-			continue;
-		if (len < 3 || line[1] != ':' || line[2] != ' ' ||
-		    t->expect_count == TRANSCRIPT_LINES ||
-		    transcript_line(t, line[0], line + 3) < 0) {
-			printf("%s:%d: malformed transcript line\n", path, lineno);
-			fclose(f);
-			return -1;
-		}
-	}
-	fclose(f);
-	t->params.helo_name = t->helo;
-	return 0;
-}
-
-static void
-transcript_free(struct transcript *t)
-{
-	for (size_t i = 0; i < t->expect_count; i++)
-		free(t->expect[i]);
-	for (size_t i = 0; i < t->seg_count; i++)
-		free(t->seg[i].action);
 }
 
 static void
@@ -306,21 +143,21 @@ format_reply(const struct smtp_client_reply *r, char *buf, size_t size)
 
 /* Drains all pending output into one "C: " line. */
 static void
-run_output(struct smtp_client *c, struct trace *tr)
+run_output(struct client_run *r)
 {
-	static uint8_t bytes[TRANSCRIPT_BYTES];
-	static char text[4 * TRANSCRIPT_BYTES];
+	static uint8_t bytes[OUTPUT_MAX];
+	static char text[4 * OUTPUT_MAX + 1];
 	struct iovec iov[RUN_IOV_MAX];
 	size_t n = 0;
 	unsigned cnt;
 
-	while ((cnt = smtp_client_output(c, iov, RUN_IOV_MAX)) > 0) {
+	while ((cnt = smtp_client_output(r->c, iov, RUN_IOV_MAX)) > 0) {
 		size_t got = 0;
 
 		for (unsigned i = 0; i < cnt; i++) {
 			size_t take = iov[i].iov_len;
 
-			if (tr->byte_output)
+			if (r->byte_output)
 				take = got == 0 ? 1 : 0;
 			if (take > sizeof(bytes) - n)
 				take = sizeof(bytes) - n;
@@ -329,30 +166,30 @@ run_output(struct smtp_client *c, struct trace *tr)
 			got += take;
 		}
 		if (got == 0) {
-			trace_add(tr, "! output does not drain");
+			transcript_trace_add(r->tr, "! output does not drain");
 			return;
 		}
-		smtp_client_output_consume(c, got);
+		smtp_client_output_consume(r->c, got);
 	}
 	if (n == 0)
 		return;
-	escape(bytes, n, text, sizeof(text));
-	trace_add(tr, "C: %s", text);
+	transcript_escape(bytes, n, text, sizeof(text));
+	transcript_trace_add(r->tr, "C: %s", text);
 }
 
 static void
-run_results(struct trace *tr, const struct smtp_client_event *ev)
+run_results(struct transcript_trace *tr, const struct smtp_client_event *ev)
 {
 	char buf[2 * SMTP_CLIENT_REPLY_TEXT_MAX];
 
 	for (unsigned i = 0; i < ev->rcpt_count; i++) {
 		format_reply(&ev->results[i], buf, sizeof(buf));
-		trace_add(tr, "R: %s", buf);
+		transcript_trace_add(tr, "R: %s", buf);
 	}
 }
 
 static void
-run_event(struct trace *tr, const struct smtp_client_event *ev)
+run_event(struct transcript_trace *tr, const struct smtp_client_event *ev)
 {
 	char buf[2 * SMTP_CLIENT_REPLY_TEXT_MAX];
 
@@ -360,50 +197,52 @@ run_event(struct trace *tr, const struct smtp_client_event *ev)
 	case SMTP_CLIENT_EV_NONE:
 		break;
 	case SMTP_CLIENT_EV_READY:
-		trace_add(tr, "E: READY");
+		transcript_trace_add(tr, "E: READY");
 		break;
 	case SMTP_CLIENT_EV_STARTTLS:
-		trace_add(tr, "E: STARTTLS");
+		transcript_trace_add(tr, "E: STARTTLS");
 		break;
 	case SMTP_CLIENT_EV_TXN_DONE:
-		trace_add(tr, "E: TXN_DONE");
+		transcript_trace_add(tr, "E: TXN_DONE");
 		run_results(tr, ev);
 		break;
 	case SMTP_CLIENT_EV_FAILED:
 	case SMTP_CLIENT_EV_CLOSED:
 		format_reply(ev->reply, buf, sizeof(buf));
-		trace_add(tr, "E: %s %s", ev->type == SMTP_CLIENT_EV_FAILED ? "FAILED" : "CLOSED",
-		          buf);
+		transcript_trace_add(tr, "E: %s %s",
+		                     ev->type == SMTP_CLIENT_EV_FAILED ? "FAILED" : "CLOSED", buf);
 		run_results(tr, ev);
 		break;
 	}
 }
 
 static void
-run_chunk(struct smtp_client *c, struct trace *tr, const uint8_t *in, size_t len)
+run_feed(void *arg, const uint8_t *in, size_t len)
 {
+	struct client_run *r = arg;
+
 	while (len > 0) {
 		struct smtp_client_event ev;
-		size_t used = smtp_client_feed(c, in, len, &ev);
-		bool pending = smtp_client_output_pending(c);
+		size_t used = smtp_client_feed(r->c, in, len, &ev);
+		bool pending = smtp_client_output_pending(r->c);
 
 		if (used > len) {
-			trace_add(tr, "! feed used %zu of %zu", used, len);
+			transcript_trace_add(r->tr, "! feed used %zu of %zu", used, len);
 			return;
 		}
-		run_output(c, tr);
-		run_event(tr, &ev);
+		run_output(r);
+		run_event(r->tr, &ev);
 		in += used;
 		len -= used;
 		if (used == 0 && ev.type == SMTP_CLIENT_EV_NONE && !pending) {
-			trace_add(tr, "! feed made no progress");
+			transcript_trace_add(r->tr, "! feed made no progress");
 			return;
 		}
 	}
 }
 
 static void
-run_caps(struct smtp_client *c, struct trace *tr)
+run_caps(struct client_run *r)
 {
 	static const char *const names[] = {
 	    "PIPELINING", "SIZE", "8BITMIME", "SMTPUTF8", "DSN", "STARTTLS", "ENHANCEDSTATUSCODES"};
@@ -411,14 +250,14 @@ run_caps(struct smtp_client *c, struct trace *tr)
 	size_t n = 0;
 
 	for (unsigned i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-		if (smtp_client_caps(c) & (1u << i))
+		if (smtp_client_caps(r->c) & (1u << i))
 			n += (size_t)snprintf(caps + n, sizeof(caps) - n, "%s%s", n ? "," : "",
 			                      names[i]);
 	}
-	format_reply(smtp_client_last_reply(c), last, sizeof(last));
-	trace_add(tr, "K: state=%s caps=%s size=%zu tls=%d last=%s",
-	          smtp_client_state_name(smtp_client_state(c)), caps, smtp_client_size_max(c),
-	          smtp_client_tls_active(c), last);
+	format_reply(smtp_client_last_reply(r->c), last, sizeof(last));
+	transcript_trace_add(r->tr, "K: state=%s caps=%s size=%zu tls=%d last=%s",
+	                     smtp_client_state_name(smtp_client_state(r->c)), caps,
+	                     smtp_client_size_max(r->c), smtp_client_tls_active(r->c), last);
 }
 
 /* A word of an A: line with its escapes decoded (so tests can put CR or LF in values). */
@@ -426,7 +265,7 @@ static char *
 word_dup(const char *w)
 {
 	uint8_t buf[1024];
-	long n = unescape(w, buf, sizeof(buf) - 1);
+	long n = transcript_unescape(w, buf, sizeof(buf) - 1);
 	char *out;
 
 	if (n < 0)
@@ -439,15 +278,15 @@ word_dup(const char *w)
 
 /* "rcpt ADDR [notify=V] [orcpt=V]" */
 static void
-run_rcpt(struct trace *tr, char *args)
+run_rcpt(struct client_run *run, char *args)
 {
-	struct pending *p = &tr->pend;
+	struct pending *p = &run->pend;
 	struct smtp_client_rcpt *r = &p->rcpt[p->rcpt_count];
 	char **w = p->words[p->rcpt_count];
 	char *save = NULL;
 
 	if (p->rcpt_count == RUN_RCPTS_MAX) {
-		trace_add(tr, "! too many rcpt actions");
+		transcript_trace_add(run->tr, "! too many rcpt actions");
 		return;
 	}
 	memset(r, 0, sizeof(*r));
@@ -467,9 +306,9 @@ run_rcpt(struct trace *tr, char *args)
 
 /* "send [from=ADDR] [8bit] [utf8] [ret=V] [envid=V]"; the rcpt list starts over after. */
 static void
-run_send(struct smtp_client *c, struct trace *tr, char *args)
+run_send(struct client_run *run, char *args)
 {
-	struct smtp_client_txn t = {.rcpts = tr->pend.rcpt};
+	struct smtp_client_txn t = {.rcpts = run->pend.rcpt};
 	struct smtp_client_event ev;
 	char *save = NULL, *from = NULL, *ret = NULL, *envid = NULL;
 	int r;
@@ -486,184 +325,115 @@ run_send(struct smtp_client *c, struct trace *tr, char *args)
 		else if (strncmp(a, "envid=", 6) == 0)
 			envid = word_dup(a + 6);
 		else
-			trace_add(tr, "! send: unknown word %s", a);
+			transcript_trace_add(run->tr, "! send: unknown word %s", a);
 	}
 	t.sender = from != NULL ? from : "";
 	t.ret = ret;
 	t.envid = envid;
-	t.rcpt_count = tr->pend.rcpt_count;
-	t.body = tr->pend.body;
-	t.body_len = tr->pend.body_len;
-	r = smtp_client_send(c, &t, &ev);
+	t.rcpt_count = run->pend.rcpt_count;
+	t.body = run->pend.body;
+	t.body_len = run->pend.body_len;
+	r = smtp_client_send(run->c, &t, &ev);
 	/* The session keeps no pointer into the txn but its body: ASan checks that it does not. */
-	pending_clear(&tr->pend);
+	pending_clear(&run->pend);
 	free(from);
 	free(ret);
 	free(envid);
 	if (r < 0)
-		trace_add(tr, "E: ERROR %d", r);
-	run_event(tr, &ev);
+		transcript_trace_add(run->tr, "E: ERROR %d", r);
+	run_event(run->tr, &ev);
 }
 
 static void
-run_abort(struct smtp_client *c, struct trace *tr, const char *why)
+run_abort(struct client_run *r, const char *why)
 {
 	struct smtp_client_event ev;
 
 	if (strcmp(why, "lost") == 0)
-		smtp_client_abort(c, SMTP_CLIENT_ABORT_LOST, &ev);
+		smtp_client_abort(r->c, SMTP_CLIENT_ABORT_LOST, &ev);
 	else if (strcmp(why, "timeout") == 0)
-		smtp_client_abort(c, SMTP_CLIENT_ABORT_TIMEOUT, &ev);
+		smtp_client_abort(r->c, SMTP_CLIENT_ABORT_TIMEOUT, &ev);
 	else
-		smtp_client_abort(c, SMTP_CLIENT_ABORT_TLS, &ev);
-	run_event(tr, &ev);
+		smtp_client_abort(r->c, SMTP_CLIENT_ABORT_TLS, &ev);
+	run_event(r->tr, &ev);
 }
 
 static void
-run_action(struct smtp_client **cp, const struct transcript *t, struct trace *tr,
-           const char *action)
+run_action(void *arg, const char *action)
 {
-	char buf[TRACE_LINE_MAX];
+	struct client_run *r = arg;
+	char buf[TRANSCRIPT_LINE_MAX];
 	long n;
-	int r;
+	int rc;
 
+	if (action == NULL) /* the end of the input, its output already drained */
+		return;
 	snprintf(buf, sizeof(buf), "%s", action);
 	if (strcmp(buf, "counts") == 0) {
-		run_caps(*cp, tr);
+		run_caps(r);
 	} else if (strncmp(buf, "rcpt", 4) == 0) {
-		run_rcpt(tr, buf + 4);
+		run_rcpt(r, buf + 4);
 	} else if (strncmp(buf, "body ", 5) == 0 || strcmp(buf, "body") == 0) {
-		n = unescape(buf + 4 + (buf[4] == ' '), tr->pend.body, sizeof(tr->pend.body));
-		tr->pend.body_len = n < 0 ? 0 : (size_t)n;
+		n = transcript_unescape(buf + 4 + (buf[4] == ' '), r->pend.body,
+		                        sizeof(r->pend.body));
+		r->pend.body_len = n < 0 ? 0 : (size_t)n;
 	} else if (strncmp(buf, "send", 4) == 0) {
-		run_send(*cp, tr, buf + 4);
+		run_send(r, buf + 4);
 	} else if (strcmp(buf, "quit") == 0) {
-		r = smtp_client_quit(*cp);
-		if (r < 0)
-			trace_add(tr, "E: ERROR %d", r);
-	} else if (strcmp(buf, "tls_done") == 0 && smtp_client_state(*cp) == SMTP_CLIENT_TLS_WAIT) {
-		smtp_client_tls_done(*cp);
+		rc = smtp_client_quit(r->c);
+		if (rc < 0)
+			transcript_trace_add(r->tr, "E: ERROR %d", rc);
+	} else if (strcmp(buf, "tls_done") == 0 &&
+	           smtp_client_state(r->c) == SMTP_CLIENT_TLS_WAIT) {
+		smtp_client_tls_done(r->c);
 	} else if (strncmp(buf, "abort ", 6) == 0) {
-		run_abort(*cp, tr, buf + 6);
+		run_abort(r, buf + 6);
 	} else if (strcmp(buf, "new") == 0) {
-		smtp_client_free(*cp);
-		*cp = smtp_client_new(&t->params);
+		smtp_client_free(r->c);
+		r->c = smtp_client_new(&r->setup->params);
 	} else {
-		trace_add(tr, "! unknown action %s", buf);
+		transcript_trace_add(r->tr, "! unknown action %s", buf);
 	}
-	run_output(*cp, tr);
+	run_output(r);
 }
 
-/*
- * Runs the transcript with segment split_seg cut at split_at (0: whole), or
- * every segment fed one byte at a time when split_at is SIZE_MAX.
- */
-static void
-run(const struct transcript *t, size_t split_seg, size_t split_at, struct trace *tr)
+static void *
+run_start(const void *setup, struct transcript_trace *tr, bool bytewise)
 {
-	struct smtp_client *c = smtp_client_new(&t->params);
+	struct client_run *r = calloc(1, sizeof(*r));
 
-	memset(tr, 0, sizeof(*tr));
-	tr->byte_output = split_at == SIZE_MAX;
-	for (size_t i = 0; i < t->seg_count; i++) {
-		const struct segment *seg = &t->seg[i];
-		const uint8_t *in = t->input + seg->start;
-
-		if (split_at == SIZE_MAX) {
-			for (size_t b = 0; b < seg->len; b++)
-				run_chunk(c, tr, in + b, 1);
-		} else if (i == split_seg && split_at > 0) {
-			run_chunk(c, tr, in, split_at);
-			run_chunk(c, tr, in + split_at, seg->len - split_at);
-		} else {
-			run_chunk(c, tr, in, seg->len);
-		}
-		if (seg->action != NULL)
-			run_action(&c, t, tr, seg->action);
-	}
-	smtp_client_free(c);
-}
-
-/* Compares a run with the expectation; reports the first difference. */
-static bool
-run_compare(const struct transcript *t, const struct trace *tr, const char *how)
-{
-	size_t n = tr->count > t->expect_count ? tr->count : t->expect_count;
-
-	for (size_t i = 0; i < n; i++) {
-		const char *want = i < t->expect_count ? t->expect[i] : "(end)";
-		const char *got = i < tr->count ? tr->line[i] : "(end)";
-
-		if (strcmp(want, got) != 0) {
-			printf("%s (%s): line %zu:\n  want %.400s\n  got  %.400s\n", t->name, how,
-			       i + 1, want, got);
-			return false;
-		}
-	}
-	return true;
+	r->setup = setup;
+	r->tr = tr;
+	r->byte_output = bytewise;
+	r->c = smtp_client_new(&r->setup->params);
+	return r;
 }
 
 static void
-test_transcript(const struct transcript *t)
+run_stop(void *arg)
 {
-	struct trace *tr = malloc(sizeof(*tr));
-	char how[64];
-	bool ok = true;
+	struct client_run *r = arg;
 
-	run(t, 0, 0, tr);
-	CHECK(run_compare(t, tr, "whole"));
-	trace_free(tr);
-	run(t, 0, SIZE_MAX, tr);
-	CHECK(run_compare(t, tr, "byte at a time"));
-	trace_free(tr);
-	for (size_t i = 0; i < t->seg_count && ok; i++) {
-		for (size_t k = 1; k < t->seg[i].len && ok; k++) {
-			run(t, i, k, tr);
-			snprintf(how, sizeof(how), "segment %zu split at %zu", i, k);
-			ok = run_compare(t, tr, how);
-			trace_free(tr);
-		}
-	}
-	CHECK(ok);
-	free(tr);
-}
-
-static int
-name_compare(const void *a, const void *b)
-{
-	return strcmp(*(char *const *)a, *(char *const *)b);
+	smtp_client_free(r->c);
+	pending_clear(&r->pend);
+	free(r);
 }
 
 static void
 test_transcripts(void)
 {
-	char *names[TRANSCRIPT_FILES];
-	size_t count = 0;
-	DIR *d = opendir(FIXTURE_DIR);
-	struct transcript *t = malloc(sizeof(*t));
-	struct dirent *e;
+	static const struct transcript_engine engine = {
+	    .setup_size = sizeof(struct client_setup),
+	    .reset = setup_reset,
+	    .param = setup_param,
+	    .line = setup_line,
+	    .start = run_start,
+	    .feed = run_feed,
+	    .action = run_action,
+	    .stop = run_stop,
+	};
 
-	CHECK(d != NULL);
-	while (d != NULL && (e = readdir(d)) != NULL) {
-		size_t len = strlen(e->d_name);
-
-		if (len > 4 && strcmp(e->d_name + len - 4, ".txt") == 0 && count < TRANSCRIPT_FILES)
-			names[count++] = strdup(e->d_name);
-	}
-	if (d != NULL)
-		closedir(d);
-	CHECK(count >= 10);
-	qsort(names, count, sizeof(names[0]), name_compare);
-	for (size_t i = 0; i < count; i++) {
-		char path[TRANSCRIPT_PATH];
-
-		snprintf(path, sizeof(path), "%s/%s", FIXTURE_DIR, names[i]);
-		CHECK(transcript_load(t, path) == 0);
-		test_transcript(t);
-		transcript_free(t);
-		free(names[i]);
-	}
-	free(t);
+	transcript_test_dir(FIXTURE_DIR, &engine, &passed, &failed);
 }
 
 static const struct smtp_client_params test_params = {.helo_name = "relay.example.org",

@@ -1,7 +1,8 @@
 /*
  * test_smtp_server.c -- dialogue transcripts (tests/fixtures/smtp, *.txt), each
  * run with its input whole, one byte at a time and split in two at every
- * point; plus checks of limits that transcripts cannot express well.
+ * point (tests/unit/transcript.c); plus checks of limits that transcripts
+ * cannot express well.
  *
  * Transcript lines ("X: " prefix, then the text):
  *   # ...            comment (blank lines are ignored too)
@@ -24,291 +25,132 @@
  */
 #include "core/smtp_server.h"
 
-#include <dirent.h>
-#include <stdarg.h>
+#include "tests/unit/check.h"
+#include "tests/unit/transcript.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "tests/unit/check.h"
 
-#define FIXTURE_DIR      "../fixtures/smtp"
-#define TRANSCRIPT_LINES 512
-#define TRANSCRIPT_BYTES (256 * 1024)
-#define TRANSCRIPT_FILES 64
-#define SEGMENTS_MAX     16
-#define TRACE_LINE_MAX   (64 * 1024)
-#define TRANSCRIPT_PATH  512
+#define FIXTURE_DIR "../fixtures/smtp"
+#define ANSWERS_MAX 512 /* A: lines of one transcript */
 
-
-
-struct segment {
-	size_t start, len; /* into transcript.input */
-	char action[16];   /* "tls_done", "timeout", "shutdown", "counts" or "" */
-};
-
-struct transcript {
-	char name[TRANSCRIPT_PATH];
+/* What a transcript's P: and A: lines set up. */
+struct server_setup {
 	struct smtp_server_params params;
 	struct smtp_server_limits limits;
 	char host[SMTP_HELO_MAX + 1];
-	uint8_t input[TRANSCRIPT_BYTES];
-	size_t input_len;
-	struct segment seg[SEGMENTS_MAX];
-	size_t seg_count;
-	char *expect[TRANSCRIPT_LINES];
-	size_t expect_count;
-	char *answer[TRANSCRIPT_LINES];
+	char *answer[ANSWERS_MAX];
 	size_t answer_count;
 };
 
-struct trace {
-	char *line[TRANSCRIPT_LINES * 4];
-	size_t count;
-	char partial[TRACE_LINE_MAX];
+/* One run of a transcript. */
+struct server_run {
+	struct smtp_server *s;
+	const struct server_setup *setup;
+	struct transcript_trace *tr;
+	char partial[TRANSCRIPT_LINE_MAX]; /* a reply line until its CRLF */
 	size_t partial_len;
 	size_t answer_next;
 };
 
-static void trace_add(struct trace *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
 static void
-trace_add(struct trace *t, const char *fmt, ...)
+setup_reset(void *arg)
 {
-	char buf[TRACE_LINE_MAX];
-	va_list ap;
+	struct server_setup *su = arg;
 
-	va_start(ap, fmt);
-	vsnprintf(buf, sizeof(buf), fmt, ap);
-	va_end(ap);
-	if (t->count < sizeof(t->line) / sizeof(t->line[0]))
-		t->line[t->count++] = strdup(buf);
-}
-
-static void
-trace_free(struct trace *t)
-{
-	for (size_t i = 0; i < t->count; i++)
-		free(t->line[i]);
-	t->count = 0;
-}
-
-/* Decodes the C:/B: escapes; returns the length or -1 on a malformed escape. */
-static long
-unescape(const char *text, uint8_t *out, size_t size)
-{
-	size_t n = 0;
-
-	for (const char *p = text; *p != '\0'; p++) {
-		unsigned v = (unsigned char)*p, count = 1;
-
-		if (*p == '\\') {
-			p++;
-			if (*p == 'r')
-				v = '\r';
-			else if (*p == 'n')
-				v = '\n';
-			else if (*p == 't')
-				v = '\t';
-			else if (*p == '\\')
-				v = '\\';
-			else if (*p == 'x' && sscanf(p + 1, "%2x", &v) == 1)
-				p += 2;
-			else if (*p == '[' && sscanf(p + 1, "%u", &count) == 1 && strchr(p, ']'))
-				p = strchr(p, ']') + 1, v = (unsigned char)*p;
-			else
-				return -1;
-			if (*p == '\0')
-				return -1;
-		}
-		if (n + count > size)
-			return -1;
-		memset(out + n, (int)v, count);
-		n += count;
-	}
-	return (long)n;
-}
-
-static void
-escape(const uint8_t *in, size_t len, char *out, size_t size)
-{
-	size_t n = 0;
-
-	for (size_t i = 0; i < len && n + 5 < size; i++) {
-		if (in[i] == '\r')
-			n += (size_t)snprintf(out + n, size - n, "\\r");
-		else if (in[i] == '\n')
-			n += (size_t)snprintf(out + n, size - n, "\\n");
-		else if (in[i] == '\\')
-			n += (size_t)snprintf(out + n, size - n, "\\\\");
-		else if (in[i] < 0x20 || in[i] > 0x7e)
-			n += (size_t)snprintf(out + n, size - n, "\\x%02x", in[i]);
-		else
-			out[n++] = (char)in[i];
-	}
-	out[n] = '\0';
+	for (size_t i = 0; i < su->answer_count; i++)
+		free(su->answer[i]);
+	memset(su, 0, sizeof(*su));
+	snprintf(su->host, sizeof(su->host), "mx.example.test");
+	su->params.hostname = su->host;
+	su->limits = (struct smtp_server_limits){
+	    .message_size_max = 10 * 1024 * 1024, .rcpt_count_max = 100, .error_count_max = 10};
 }
 
 static int
-transcript_param(struct transcript *t, const char *word)
+setup_param(void *arg, const char *word)
 {
+	struct server_setup *su = arg;
 	unsigned long v;
 
 	if (strcmp(word, "starttls") == 0)
-		t->params.starttls_offer = true;
+		su->params.starttls_offer = true;
 	else if (strcmp(word, "tls_required") == 0)
-		t->params.tls_required = true;
+		su->params.tls_required = true;
 	else if (strcmp(word, "auth_required") == 0)
-		t->params.auth_required = true;
+		su->params.auth_required = true;
 	else if (strcmp(word, "tls_active") == 0)
-		t->params.tls_active = true;
+		su->params.tls_active = true;
 	else if (strcmp(word, "reject") == 0)
-		t->params.bare_newline = SMTP_BARE_NEWLINE_REJECT;
-	else if (sscanf(word, "host=%255s", t->host) == 1)
+		su->params.bare_newline = SMTP_BARE_NEWLINE_REJECT;
+	else if (sscanf(word, "host=%255s", su->host) == 1)
 		return 0;
 	else if (sscanf(word, "size=%lu", &v) == 1)
-		t->limits.message_size_max = v;
+		su->limits.message_size_max = v;
 	else if (sscanf(word, "rcpts=%lu", &v) == 1)
-		t->limits.rcpt_count_max = (unsigned)v;
+		su->limits.rcpt_count_max = (unsigned)v;
 	else if (sscanf(word, "errors=%lu", &v) == 1)
-		t->limits.error_count_max = (unsigned)v;
+		su->limits.error_count_max = (unsigned)v;
 	else
 		return -1;
 	return 0;
 }
 
-static void
-transcript_end_segment(struct transcript *t, const char *action)
-{
-	struct segment *seg = &t->seg[t->seg_count - 1];
-
-	if (strlen(action) >= sizeof(seg->action))
-		action = "too-long-action";
-	memcpy(seg->action, action, strlen(action) + 1);
-	seg = &t->seg[t->seg_count++];
-	seg->start = t->input_len;
-	seg->len = 0;
-	seg->action[0] = '\0';
-}
-
-/* One transcript line; returns -1 when it is malformed. */
+/* A line of a kind the helper leaves to this test; returns -1 when it is malformed. */
 static int
-transcript_line(struct transcript *t, char kind, char *text)
+setup_line(void *arg, struct transcript *t, char kind, char *text)
 {
-	char buf[TRACE_LINE_MAX];
-	static uint8_t bytes[TRANSCRIPT_BYTES];
-	long n;
+	struct server_setup *su = arg;
 
-	if (kind == 'C' || kind == 'B') {
-		n = unescape(text, kind == 'C' ? t->input + t->input_len : bytes,
-		             kind == 'C' ? sizeof(t->input) - t->input_len : sizeof(bytes));
-		if (n < 0)
+	switch (kind) {
+	case 'C':
+		return transcript_input(t, text, false);
+	case 'S':
+	case 'E':
+		return transcript_expect(t, kind, text, false);
+	case 'B':
+		return transcript_expect(t, kind, text, true);
+	case 'X':
+		return transcript_segment_end(t, text);
+	case 'A':
+		if (su->answer_count == ANSWERS_MAX)
 			return -1;
-		if (kind == 'C') {
-			t->input_len += (size_t)n;
-			t->seg[t->seg_count - 1].len += (size_t)n;
-			return 0;
-		}
-		escape(bytes, (size_t)n, buf, sizeof(buf));
-		text = buf;
-	}
-	if (kind == 'P') {
-		for (char *w = strtok(text, " "); w != NULL; w = strtok(NULL, " ")) {
-			if (transcript_param(t, w) < 0)
-				return -1;
-		}
+		su->answer[su->answer_count++] = strdup(text);
 		return 0;
-	}
-	if (kind == 'A') {
-		t->answer[t->answer_count++] = strdup(text);
-		return 0;
-	}
-	if (kind == 'X' || kind == 'K') {
-		if (t->seg_count == SEGMENTS_MAX)
-			return -1;
-		transcript_end_segment(t, kind == 'K' ? "counts" : text);
-		if (kind == 'X')
-			return 0;
-	}
-	if (kind != 'S' && kind != 'E' && kind != 'B' && kind != 'K')
+	default:
 		return -1;
-	t->expect[t->expect_count] = malloc(strlen(text) + 4);
-	sprintf(t->expect[t->expect_count++], "%c: %s", kind, text);
-	return 0;
-}
-
-static int
-transcript_load(struct transcript *t, const char *path)
-{
-	char line[TRACE_LINE_MAX];
-	FILE *f = fopen(path, "r");
-	int lineno = 0;
-
-	if (f == NULL)
-		return -1;
-	memset(t, 0, sizeof(*t));
-	snprintf(t->name, sizeof(t->name), "%s", path);
-	snprintf(t->host, sizeof(t->host), "mx.example.test");
-	t->limits = (struct smtp_server_limits){
-	    .message_size_max = 10 * 1024 * 1024, .rcpt_count_max = 100, .error_count_max = 10};
-	t->seg_count = 1;
-	while (fgets(line, sizeof(line), f) != NULL) {
-		size_t len = strcspn(line, "\n");
-
-		lineno++;
-		line[len] = '\0';
-		if (len == 0 || line[0] == '#')
-			continue;
-		if (len < 3 || line[1] != ':' || line[2] != ' ' ||
-		    t->expect_count == TRANSCRIPT_LINES || t->answer_count == TRANSCRIPT_LINES ||
-		    transcript_line(t, line[0], line + 3) < 0) {
-			printf("%s:%d: malformed transcript line\n", path, lineno);
-			fclose(f);
-			return -1;
-		}
 	}
-	fclose(f);
-	t->params.hostname = t->host;
-	return 0;
-}
-
-static void
-transcript_free(struct transcript *t)
-{
-	for (size_t i = 0; i < t->expect_count; i++)
-		free(t->expect[i]);
-	for (size_t i = 0; i < t->answer_count; i++)
-		free(t->answer[i]);
 }
 
 /* Moves the server's output into the trace, one "S: " entry per reply line. */
 static void
-run_output(struct smtp_server *s, struct trace *tr)
+run_output(struct server_run *r)
 {
 	size_t len;
-	const uint8_t *out = smtp_server_output(s, &len);
+	const uint8_t *out = smtp_server_output(r->s, &len);
 
 	for (size_t i = 0; i < len; i++) {
-		if (tr->partial_len + 1 >= sizeof(tr->partial))
+		if (r->partial_len + 1 >= sizeof(r->partial))
 			break;
-		tr->partial[tr->partial_len++] = (char)out[i];
-		if (tr->partial_len >= 2 && tr->partial[tr->partial_len - 2] == '\r' &&
-		    tr->partial[tr->partial_len - 1] == '\n') {
-			tr->partial[tr->partial_len - 2] = '\0';
-			trace_add(tr, "S: %s", tr->partial);
-			tr->partial_len = 0;
+		r->partial[r->partial_len++] = (char)out[i];
+		if (r->partial_len >= 2 && r->partial[r->partial_len - 2] == '\r' &&
+		    r->partial[r->partial_len - 1] == '\n') {
+			r->partial[r->partial_len - 2] = '\0';
+			transcript_trace_add(r->tr, "S: %s", r->partial);
+			r->partial_len = 0;
 		}
 	}
-	smtp_server_output_consume(s, len);
+	smtp_server_output_consume(r->s, len);
 }
 
 static const char *
-run_answer(const struct transcript *t, struct trace *tr)
+run_answer(struct server_run *r)
 {
-	if (tr->answer_next == t->answer_count) {
-		trace_add(tr, "! an event without an A: answer");
+	if (r->answer_next == r->setup->answer_count) {
+		transcript_trace_add(r->tr, "! an event without an A: answer");
 		return "ok";
 	}
-	return t->answer[tr->answer_next++];
+	return r->setup->answer[r->answer_next++];
 }
 
 /* "<local@domain>", escaped as in transcripts; "<local>" without a domain. */
@@ -319,7 +161,7 @@ format_addr(const struct address *a, char *buf, size_t size)
 	int n = snprintf(raw, sizeof(raw), "<%s%s%s>", a->local, a->domain[0] != '\0' ? "@" : "",
 	                 a->domain);
 
-	escape((const uint8_t *)raw, (size_t)n, buf, size);
+	transcript_escape((const uint8_t *)raw, (size_t)n, buf, size);
 }
 
 /* " rcpt_params=A|B" with each recipient's parameters as the caller stores them; "" if none. */
@@ -339,11 +181,10 @@ run_rcpt_params(const struct smtp_envelope *env, char *buf, size_t size)
 }
 
 static void
-run_message(struct smtp_server *s, const struct transcript *t, struct trace *tr,
-            const struct smtp_envelope *env)
+run_message(struct server_run *r, const struct smtp_envelope *env)
 {
-	static char body[TRACE_LINE_MAX], rcpt_params[TRACE_LINE_MAX];
-	char line[TRACE_LINE_MAX], addr[4 * ADDRESS_PATH_MAX + 8];
+	static char body[TRANSCRIPT_LINE_MAX], rcpt_params[TRANSCRIPT_LINE_MAX];
+	char line[TRANSCRIPT_LINE_MAX], addr[4 * ADDRESS_PATH_MAX + 8];
 	const char *a;
 	size_t n;
 
@@ -357,20 +198,20 @@ run_message(struct smtp_server *s, const struct transcript *t, struct trace *tr,
 	                      env->body_8bitmime ? " 8bitmime" : "",
 	                      env->smtputf8 ? " smtputf8" : "",
 	                      env->sender_params[0] ? " params=" : "", env->sender_params);
-	trace_add(tr, "%s%s", line, run_rcpt_params(env, rcpt_params, sizeof(rcpt_params)));
-	escape(env->body, env->body_len, body, sizeof(body));
-	trace_add(tr, "B: %s", body);
-	a = run_answer(t, tr);
+	transcript_trace_add(r->tr, "%s%s", line,
+	                     run_rcpt_params(env, rcpt_params, sizeof(rcpt_params)));
+	transcript_escape(env->body, env->body_len, body, sizeof(body));
+	transcript_trace_add(r->tr, "B: %s", body);
+	a = run_answer(r);
 	if (strncmp(a, "queued ", 7) == 0)
-		smtp_server_message_done(s, SMTP_STORE_OK, a + 7);
+		smtp_server_message_done(r->s, SMTP_STORE_OK, a + 7);
 	else
 		smtp_server_message_done(
-		    s, strcmp(a, "nospace") == 0 ? SMTP_STORE_NOSPACE : SMTP_STORE_ERROR, NULL);
+		    r->s, strcmp(a, "nospace") == 0 ? SMTP_STORE_NOSPACE : SMTP_STORE_ERROR, NULL);
 }
 
 static void
-run_event(struct smtp_server *s, const struct transcript *t, struct trace *tr,
-          const struct smtp_event *ev)
+run_event(struct server_run *r, const struct smtp_event *ev)
 {
 	static const char *const why[] = {"quit", "errors", "tls_required_quit", "shutdown",
 	                                  "timeout"};
@@ -382,187 +223,127 @@ run_event(struct smtp_server *s, const struct transcript *t, struct trace *tr,
 		break;
 	case SMTP_EV_RCPT:
 		format_addr(&ev->rcpt->addr, addr, sizeof(addr));
-		trace_add(tr, "E: RCPT %s%s%s", addr, ev->rcpt->params[0] ? " params=" : "",
-		          ev->rcpt->params);
-		a = run_answer(t, tr);
-		smtp_server_rcpt_done(s, strcmp(a, "ok") == 0 ? NULL : a);
+		transcript_trace_add(r->tr, "E: RCPT %s%s%s", addr,
+		                     ev->rcpt->params[0] ? " params=" : "", ev->rcpt->params);
+		a = run_answer(r);
+		smtp_server_rcpt_done(r->s, strcmp(a, "ok") == 0 ? NULL : a);
 		break;
 	case SMTP_EV_MESSAGE:
-		run_message(s, t, tr, ev->envelope);
+		run_message(r, ev->envelope);
 		break;
 	case SMTP_EV_STARTTLS:
-		trace_add(tr, "E: STARTTLS");
+		transcript_trace_add(r->tr, "E: STARTTLS");
 		break;
 	case SMTP_EV_CLOSE:
-		trace_add(tr, "E: CLOSE %s", why[ev->close]);
+		transcript_trace_add(r->tr, "E: CLOSE %s", why[ev->close]);
 		break;
 	}
-	run_output(s, tr);
+	run_output(r);
+}
+
+static void *
+run_start(const void *setup, struct transcript_trace *tr, bool bytewise)
+{
+	struct server_run *r = calloc(1, sizeof(*r));
+
+	/* bytewise is not used: replies are whole lines however the input comes */
+	r->setup = setup;
+	r->tr = tr;
+	r->s = smtp_server_new(&r->setup->params, &r->setup->limits);
+	run_output(r);
+	return r;
 }
 
 static void
-run_chunk(struct smtp_server *s, const struct transcript *t, struct trace *tr, const uint8_t *in,
-          size_t len)
+run_feed(void *arg, const uint8_t *in, size_t len)
 {
+	struct server_run *r = arg;
+
 	while (len > 0) {
 		struct smtp_event ev;
-		size_t used = smtp_server_feed(s, in, len, &ev);
+		size_t used = smtp_server_feed(r->s, in, len, &ev);
 
 		if (used > len) {
-			trace_add(tr, "! feed used %zu of %zu", used, len);
+			transcript_trace_add(r->tr, "! feed used %zu of %zu", used, len);
 			return;
 		}
-		run_output(s, tr);
-		run_event(s, t, tr, &ev);
+		run_output(r);
+		run_event(r, &ev);
 		in += used;
 		len -= used;
-		if (smtp_server_state(s) == SMTP_SERVER_CLOSING)
+		if (smtp_server_state(r->s) == SMTP_SERVER_CLOSING)
 			return;
 		if (used == 0 && ev.type == SMTP_EV_NONE) {
-			trace_add(tr, "! feed made no progress");
+			transcript_trace_add(r->tr, "! feed made no progress");
 			return;
 		}
 	}
 }
 
 static void
-run_action(struct smtp_server *s, struct trace *tr, const char *action)
+run_counts(struct server_run *r)
 {
 	struct smtp_server_counts c;
 
-	if (strcmp(action, "tls_done") == 0 && smtp_server_state(s) == SMTP_SERVER_TLS_WAIT)
-		smtp_server_tls_done(s);
+	smtp_server_counts(r->s, &c);
+	transcript_trace_add(
+	    r->tr, "K: commands=%u errors=%u messages=%u rcpts=%u/%u helo=%s esmtp=%d state=%s",
+	    c.commands, c.errors, c.messages, c.rcpts_accepted, c.rcpts_refused,
+	    smtp_server_helo(r->s), smtp_server_esmtp(r->s),
+	    smtp_server_state_name(smtp_server_state(r->s)));
+}
+
+static void
+run_action(void *arg, const char *action)
+{
+	struct server_run *r = arg;
+	enum smtp_server_state state = smtp_server_state(r->s);
+
+	if (action == NULL) /* the end of the input, its output already drained */
+		return;
+	if (strcmp(action, "tls_done") == 0 && state == SMTP_SERVER_TLS_WAIT)
+		smtp_server_tls_done(r->s);
 	else if (strcmp(action, "timeout") == 0)
-		smtp_server_timeout(s);
+		smtp_server_timeout(r->s);
 	else if (strcmp(action, "shutdown") == 0)
-		smtp_server_shutdown(s);
-	else if (strcmp(action, "counts") == 0) {
-		smtp_server_counts(s, &c);
-		trace_add(
-		    tr,
-		    "K: commands=%u errors=%u messages=%u rcpts=%u/%u helo=%s esmtp=%d state=%s",
-		    c.commands, c.errors, c.messages, c.rcpts_accepted, c.rcpts_refused,
-		    smtp_server_helo(s), smtp_server_esmtp(s),
-		    smtp_server_state_name(smtp_server_state(s)));
-	} else if (action[0] != '\0')
-		trace_add(tr, "! action %s in state %s", action,
-		          smtp_server_state_name(smtp_server_state(s)));
-	run_output(s, tr);
-}
-
-/*
- * Runs the transcript with segment split_seg cut at split_at (0: whole), or
- * every segment fed one byte at a time when split_at is SIZE_MAX.
- */
-static void
-run(const struct transcript *t, size_t split_seg, size_t split_at, struct trace *tr)
-{
-	struct smtp_server *s = smtp_server_new(&t->params, &t->limits);
-
-	memset(tr, 0, sizeof(*tr));
-	run_output(s, tr);
-	for (size_t i = 0; i < t->seg_count; i++) {
-		const struct segment *seg = &t->seg[i];
-		const uint8_t *in = t->input + seg->start;
-
-		if (split_at == SIZE_MAX) {
-			for (size_t b = 0; b < seg->len; b++)
-				run_chunk(s, t, tr, in + b, 1);
-		} else if (i == split_seg && split_at > 0) {
-			run_chunk(s, t, tr, in, split_at);
-			run_chunk(s, t, tr, in + split_at, seg->len - split_at);
-		} else {
-			run_chunk(s, t, tr, in, seg->len);
-		}
-		run_action(s, tr, seg->action);
-	}
-	if (tr->partial_len > 0)
-		trace_add(tr, "! output ends without CRLF");
-	if (tr->answer_next != t->answer_count)
-		trace_add(tr, "! %zu A: answers left over", t->answer_count - tr->answer_next);
-	smtp_server_free(s);
-}
-
-/* Compares a run with the expectation; reports the first difference. */
-static bool
-run_compare(const struct transcript *t, const struct trace *tr, const char *how)
-{
-	size_t n = tr->count > t->expect_count ? tr->count : t->expect_count;
-
-	for (size_t i = 0; i < n; i++) {
-		const char *want = i < t->expect_count ? t->expect[i] : "(end)";
-		const char *got = i < tr->count ? tr->line[i] : "(end)";
-
-		if (strcmp(want, got) != 0) {
-			printf("%s (%s): line %zu:\n  want %.300s\n  got  %.300s\n", t->name, how,
-			       i + 1, want, got);
-			return false;
-		}
-	}
-	return true;
+		smtp_server_shutdown(r->s);
+	else if (strcmp(action, "counts") == 0)
+		run_counts(r);
+	else
+		transcript_trace_add(r->tr, "! action %s in state %s", action,
+		                     smtp_server_state_name(state));
+	run_output(r);
 }
 
 static void
-test_transcript(const struct transcript *t)
+run_stop(void *arg)
 {
-	struct trace *tr = malloc(sizeof(*tr));
-	char how[64];
-	bool ok = true;
+	struct server_run *r = arg;
 
-	run(t, 0, 0, tr);
-	CHECK(run_compare(t, tr, "whole"));
-	trace_free(tr);
-	run(t, 0, SIZE_MAX, tr);
-	CHECK(run_compare(t, tr, "byte at a time"));
-	trace_free(tr);
-	for (size_t i = 0; i < t->seg_count && ok; i++) {
-		for (size_t k = 1; k < t->seg[i].len && ok; k++) {
-			run(t, i, k, tr);
-			snprintf(how, sizeof(how), "segment %zu split at %zu", i, k);
-			ok = run_compare(t, tr, how);
-			trace_free(tr);
-		}
-	}
-	CHECK(ok);
-	free(tr);
-}
-
-static int
-name_compare(const void *a, const void *b)
-{
-	return strcmp(*(char *const *)a, *(char *const *)b);
+	if (r->partial_len > 0)
+		transcript_trace_add(r->tr, "! output ends without CRLF");
+	if (r->answer_next != r->setup->answer_count)
+		transcript_trace_add(r->tr, "! %zu A: answers left over",
+		                     r->setup->answer_count - r->answer_next);
+	smtp_server_free(r->s);
+	free(r);
 }
 
 static void
 test_transcripts(void)
 {
-	char *names[TRANSCRIPT_FILES];
-	size_t count = 0;
-	DIR *d = opendir(FIXTURE_DIR);
-	struct transcript *t = malloc(sizeof(*t));
-	struct dirent *e;
+	static const struct transcript_engine engine = {
+	    .setup_size = sizeof(struct server_setup),
+	    .reset = setup_reset,
+	    .param = setup_param,
+	    .line = setup_line,
+	    .start = run_start,
+	    .feed = run_feed,
+	    .action = run_action,
+	    .stop = run_stop,
+	};
 
-	CHECK(d != NULL);
-	while (d != NULL && (e = readdir(d)) != NULL) {
-		size_t len = strlen(e->d_name);
-
-		if (len > 4 && strcmp(e->d_name + len - 4, ".txt") == 0 && count < TRANSCRIPT_FILES)
-			names[count++] = strdup(e->d_name);
-	}
-	if (d != NULL)
-		closedir(d);
-	CHECK(count >= 10);
-	qsort(names, count, sizeof(names[0]), name_compare);
-	for (size_t i = 0; i < count; i++) {
-		char path[TRANSCRIPT_PATH];
-
-		snprintf(path, sizeof(path), "%s/%s", FIXTURE_DIR, names[i]);
-		CHECK(transcript_load(t, path) == 0);
-		test_transcript(t);
-		transcript_free(t);
-		free(names[i]);
-	}
-	free(t);
+	transcript_test_dir(FIXTURE_DIR, &engine, &passed, &failed);
 }
 
 static const struct smtp_server_params test_params = {.hostname = "mx.example.test"};
