@@ -1298,9 +1298,15 @@ out_tick(struct worker *w)
 				out_schedule(w, m);
 		}
 	} while (n == OUT_DUE_BATCH);
+	/* stopping: a transaction still running when the grace period ends is cut short */
+	bool grace_over = w->stopping && w->now_ms >= w->stop_deadline_ms;
 	for (unsigned i = 0; i < OUT_CONN_MAX; i++) {
 		struct oconn *oc = &w->oconns[i];
-		if (oc->used && !oc->closing && w->now_ms >= oc->deadline_ms)
+		if (!oc->used || oc->closing)
+			continue;
+		if (grace_over)
+			oconn_close(w, oc, "451 4.3.2 shutting down");	/* its job is deferred */
+		else if (w->now_ms >= oc->deadline_ms)
 			out_expire_conn(w, oc);
 	}
 }

@@ -100,16 +100,17 @@ def test_received_header_matches_the_stored_one(ringmx_factory):
 
 
 def test_delete_refused_during_a_transaction(ringmx_factory):
-    release = threading.Event()
+    release, entered = threading.Event(), threading.Event()
 
     def stall(txn):
+        entered.set()
         release.wait(10)  # the message is in ringmx's transaction until we answer
         return None
 
     with Sink(data_policy=stall) as sink:
         server = relay_to(ringmx_factory, sink)
         qid = send(server, b"Subject: busy\r\n\r\nbusy\r\n")
-        wait_until(lambda: sink.connections, 10, "the relay connection")
+        assert entered.wait(10), "the message never reached the next hop"
         r = server.ctl("delete", qid, check=False)
         release.set()
         assert r.returncode != 0
@@ -323,3 +324,27 @@ def test_250_then_close_is_delivered(ringmx_factory):
         (line,) = outcome_lines(server, qid, "delivered")
         assert "taken" in line
         assert server.stats()["rcpts_delivered"] == 1
+
+
+def test_stop_cuts_a_stalled_delivery_short_and_keeps_the_message(ringmx_factory):
+    """SIGTERM while the next hop sits on our DATA: after the grace period ringmx gives up
+    the transaction, exits 0, and the message is still queued after the restart."""
+    release, entered = threading.Event(), threading.Event()
+
+    def stall(txn):
+        entered.set()
+        release.wait(30)  # the reply to the message never comes while ringmx runs
+        return None
+
+    with Sink(data_policy=stall) as sink:
+        server = relay_to(ringmx_factory, sink)
+        qid = send(server, b"Subject: stalled\r\n\r\nstalled\r\n")
+        assert entered.wait(10), "the message never reached the next hop"
+        t0 = datetime.datetime.now()
+        assert server.stop() == 0
+        took = (datetime.datetime.now() - t0).total_seconds()
+        assert took < 15, f"stop took {took:.1f} s with a stalled next hop"
+        release.set()
+        assert "shutting down" in server.logtext()
+        server.start()
+        assert [m["id"] for m in server.queue()] == [qid]
