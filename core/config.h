@@ -14,16 +14,16 @@
 #include <stdio.h>
 #include <sys/socket.h>
 
-#define CONFIG_LISTEN_MAX    32
-#define CONFIG_DOMAINS_MAX   4096
-#define CONFIG_NETWORKS_MAX  1024
-#define CONFIG_ROUTES_MAX    1024
-#define CONFIG_FORWARD_MAX   8
-#define CONFIG_RETRY_MAX     32
-#define CONFIG_WORKERS_MAX   64
-#define CONFIG_DOMAIN_LEN    255
-#define CONFIG_PATH_LEN      1024
-#define CONFIG_ERRORS_MAX    64
+#define CONFIG_LISTEN_MAX   32
+#define CONFIG_DOMAINS_MAX  4096
+#define CONFIG_NETWORKS_MAX 1024
+#define CONFIG_ROUTES_MAX   1024
+#define CONFIG_FORWARD_MAX  8
+#define CONFIG_RETRY_MAX    32
+#define CONFIG_WORKERS_MAX  64
+#define CONFIG_DOMAIN_LEN   255
+#define CONFIG_PATH_LEN     1024
+#define CONFIG_ERRORS_MAX   64
 
 enum config_role {
 	CONFIG_ROLE_MX,
@@ -64,8 +64,8 @@ enum config_log_level {
 };
 
 enum config_bare_newline {
-	CONFIG_BARE_NEWLINE_NORMALIZE,	/* bare LF becomes CRLF */
-	CONFIG_BARE_NEWLINE_REJECT,	/* 550 5.5.2 for the whole message */
+	CONFIG_BARE_NEWLINE_NORMALIZE, /* bare LF becomes CRLF */
+	CONFIG_BARE_NEWLINE_REJECT,    /* 550 5.5.2 for the whole message */
 };
 
 /* An address with a port; the text form is kept for logs and diagnostics. */
@@ -78,7 +78,7 @@ struct config_sockaddr {
 /* A CIDR network, IPv4 or IPv6 (IPv4 stored as v4-mapped IPv6 so one match covers both). */
 struct config_network {
 	uint8_t addr[16];
-	uint8_t prefix_len;	/* over the 128-bit form */
+	uint8_t prefix_len; /* over the 128-bit form */
 };
 
 struct config_listen {
@@ -96,19 +96,19 @@ enum config_route_kind {
 };
 
 struct config_route {
-	char domain[CONFIG_DOMAIN_LEN + 1];	/* lower case, no trailing dot; "*" = default */
+	char domain[CONFIG_DOMAIN_LEN + 1]; /* lower case, no trailing dot; "*" = default */
 	enum config_route_kind kind;
 	char host[CONFIG_DOMAIN_LEN + 1];
-	uint16_t port;	/* 0: outbound.port */
+	uint16_t port; /* 0: outbound.port */
 };
 
 struct config {
-	char source[CONFIG_PATH_LEN];	/* file name, or "<default>" */
+	char source[CONFIG_PATH_LEN]; /* file name, or "<default>" */
 	char hostname[CONFIG_DOMAIN_LEN + 1];
-	unsigned workers;	/* resolved: never 0 after config_load */
+	unsigned workers; /* resolved: never 0 after config_load */
 	char spool_dir[CONFIG_PATH_LEN];
 	char user[64];
-	char control_socket[108];	/* sun_path */
+	char control_socket[108]; /* sun_path */
 
 	enum config_log_level log_level;
 	enum config_log_format log_format;
@@ -117,7 +117,7 @@ struct config {
 	struct config_sockaddr metrics_listen;
 
 	struct config_listen listen[CONFIG_LISTEN_MAX];
-	unsigned listen_count;	/* >= 1; no `listen` key: 0.0.0.0:25 mx, tls may, auth off */
+	unsigned listen_count; /* >= 1; no `listen` key: 0.0.0.0:25 mx, tls may, auth off */
 
 	char tls_certificate[CONFIG_PATH_LEN];
 	char tls_key[CONFIG_PATH_LEN];
@@ -125,12 +125,12 @@ struct config {
 	/* lower case, no trailing dot; sorted for bsearch */
 	char (*relay_domains)[CONFIG_DOMAIN_LEN + 1];
 	unsigned relay_domain_count;
-	char recipient_map[CONFIG_PATH_LEN];	/* "" = none */
+	char recipient_map[CONFIG_PATH_LEN]; /* "" = none */
 	struct config_network mynetworks[CONFIG_NETWORKS_MAX];
 	unsigned mynetwork_count;
 	char auth_passwd_file[CONFIG_PATH_LEN];
 
-	struct config_route *routes;	/* sorted by domain for bsearch; "*" always present */
+	struct config_route *routes; /* sorted by domain for bsearch; "*" always present */
 	unsigned route_count;
 
 	char dns_forward[CONFIG_FORWARD_MAX][64];
@@ -145,12 +145,12 @@ struct config {
 	unsigned outbound_max_connections_per_destination;
 	unsigned outbound_max_messages_per_connection;
 
-	bool queue_sync;	/* false: "none", benchmarks only */
+	bool queue_sync; /* false: "none", benchmarks only */
 	uint32_t queue_retry_s[CONFIG_RETRY_MAX];
 	unsigned queue_retry_count;
 	uint64_t queue_max_lifetime_s;
-	uint64_t queue_memory_limit;	/* bytes */
-	uint64_t queue_segment_size;	/* bytes: journal segment rotation size */
+	uint64_t queue_memory_limit; /* bytes */
+	uint64_t queue_segment_size; /* bytes: journal segment rotation size */
 
 	uint64_t limits_max_message_size;
 	unsigned limits_max_recipients;
@@ -170,7 +170,7 @@ struct config {
 struct config_errors {
 	char line[CONFIG_ERRORS_MAX][512];
 	unsigned count;
-	unsigned dropped;	/* problems past CONFIG_ERRORS_MAX */
+	unsigned dropped; /* problems past CONFIG_ERRORS_MAX */
 };
 
 /*

@@ -10,7 +10,7 @@
 /* Open addressing with linear probing and backward-shift deletion (no tombstones). */
 struct connlimit_slot {
 	uint8_t addr[16];
-	unsigned count;		/* 0: empty */
+	unsigned count; /* 0: empty */
 };
 
 struct connlimit {
@@ -29,7 +29,7 @@ connlimit_new(unsigned total_max, unsigned per_ip_max)
 	if (cl == NULL)
 		return NULL;
 	unsigned size = 16;
-	while (size < 2 * total_max)	/* load factor stays at or under 1/2 */
+	while (size < 2 * total_max) /* load factor stays at or under 1/2 */
 		size *= 2;
 	cl->slots = calloc(size, sizeof(*cl->slots));
 	if (cl->slots == NULL) {

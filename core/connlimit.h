@@ -15,8 +15,8 @@
 
 enum connlimit_verdict {
 	CONNLIMIT_OK,
-	CONNLIMIT_TOTAL,	/* max_connections reached */
-	CONNLIMIT_PER_IP,	/* max_connections_per_ip reached for this address */
+	CONNLIMIT_TOTAL,  /* max_connections reached */
+	CONNLIMIT_PER_IP, /* max_connections_per_ip reached for this address */
 };
 
 struct connlimit;

@@ -68,10 +68,12 @@ control_format_json(struct strbuf *sb, const struct queue_message *m, uint64_t n
 	char when[32];
 
 	control_time_iso(m->arrival_ms, when, sizeof(when));
-	strbuf_printf(sb, "{\"id\":\"%s\",\"size\":%zu,\"age_s\":%llu,\"arrival\":\"%s\",\"sender\":",
-		      m->id_text, m->body_len,
-		      (unsigned long long)(now_ms > m->arrival_ms ? (now_ms - m->arrival_ms) / 1000 : 0),
-		      when);
+	strbuf_printf(
+	    sb,
+	    "{\"id\":\"%s\",\"size\":%zu,\"age_s\":%llu,\"arrival\":\"%s\",\"sender\":", m->id_text,
+	    m->body_len,
+	    (unsigned long long)(now_ms > m->arrival_ms ? (now_ms - m->arrival_ms) / 1000 : 0),
+	    when);
 	strbuf_json_string(sb, m->sender);
 	strbuf_puts(sb, ",\"sender_params\":");
 	strbuf_json_string(sb, m->sender_params);
@@ -83,8 +85,8 @@ control_format_json(struct strbuf *sb, const struct queue_message *m, uint64_t n
 		strbuf_puts(sb, ",\"params\":");
 		strbuf_json_string(sb, r->params);
 		strbuf_printf(sb, ",\"state\":\"%s\",\"attempts\":%u,\"next_attempt_ms\":%llu,",
-			      control_rcpt_state(r->state), r->attempts,
-			      (unsigned long long)r->next_attempt_ms);
+		              control_rcpt_state(r->state), r->attempts,
+		              (unsigned long long)r->next_attempt_ms);
 		strbuf_puts(sb, "\"last_error\":");
 		if (r->last_error != NULL)
 			strbuf_json_string(sb, r->last_error);
@@ -106,8 +108,7 @@ control_format_json(struct strbuf *sb, const struct queue_message *m, uint64_t n
 }
 
 void
-control_format_message(struct strbuf *sb, const struct queue_message *m, bool json,
-		       uint64_t now_ms)
+control_format_message(struct strbuf *sb, const struct queue_message *m, bool json, uint64_t now_ms)
 {
 	uint64_t next_ms;
 	const char *error;
@@ -117,9 +118,10 @@ control_format_message(struct strbuf *sb, const struct queue_message *m, bool js
 		return;
 	}
 	control_message_summary(m, &next_ms, &error);
-	strbuf_printf(sb, "%s %zu %llus %s ", m->id_text, m->body_len,
-		      (unsigned long long)(now_ms > m->arrival_ms ? (now_ms - m->arrival_ms) / 1000 : 0),
-		      m->sender[0] ? m->sender : "<>");
+	strbuf_printf(
+	    sb, "%s %zu %llus %s ", m->id_text, m->body_len,
+	    (unsigned long long)(now_ms > m->arrival_ms ? (now_ms - m->arrival_ms) / 1000 : 0),
+	    m->sender[0] ? m->sender : "<>");
 	for (unsigned i = 0; i < m->rcpt_count; i++)
 		strbuf_printf(sb, "%s%s", i ? "," : "", m->rcpts[i].address);
 	strbuf_printf(sb, " %s ", m->held ? "held" : "queued");
@@ -169,34 +171,35 @@ control_stats_text(struct strbuf *sb, const struct control_stats *s, bool json)
 		const char *name;
 		uint64_t value;
 	} rows[] = {
-		{"connections_total", s->connections_total},
-		{"connections_active", s->connections_active},
-		{"connections_refused", s->connections_refused},
-		{"messages_accepted", s->messages_accepted},
-		{"bytes_accepted", s->bytes_accepted},
-		{"messages_refused", s->messages_refused},
-		{"rcpts_accepted", s->rcpts_accepted},
-		{"rcpts_refused", s->rcpts_refused},
-		{"rcpts_delivered", s->rcpts_delivered},
-		{"rcpts_deferred", s->rcpts_deferred},
-		{"rcpts_bounced", s->rcpts_bounced},
-		{"journal_batches", s->journal_batches},
-		{"journal_syncs", s->journal_syncs},
-		{"journal_errors", s->journal_errors},
-		{"journal_disk_bytes", s->journal_disk_bytes},
-		{"queue_messages", s->queue_messages},
-		{"queue_recipients", s->queue_recipients},
-		{"queue_memory", s->queue_memory},
-		{"queue_memory_limit", s->queue_memory_limit},
+	    {"connections_total", s->connections_total},
+	    {"connections_active", s->connections_active},
+	    {"connections_refused", s->connections_refused},
+	    {"messages_accepted", s->messages_accepted},
+	    {"bytes_accepted", s->bytes_accepted},
+	    {"messages_refused", s->messages_refused},
+	    {"rcpts_accepted", s->rcpts_accepted},
+	    {"rcpts_refused", s->rcpts_refused},
+	    {"rcpts_delivered", s->rcpts_delivered},
+	    {"rcpts_deferred", s->rcpts_deferred},
+	    {"rcpts_bounced", s->rcpts_bounced},
+	    {"journal_batches", s->journal_batches},
+	    {"journal_syncs", s->journal_syncs},
+	    {"journal_errors", s->journal_errors},
+	    {"journal_disk_bytes", s->journal_disk_bytes},
+	    {"queue_messages", s->queue_messages},
+	    {"queue_recipients", s->queue_recipients},
+	    {"queue_memory", s->queue_memory},
+	    {"queue_memory_limit", s->queue_memory_limit},
 	};
 	size_t n = sizeof(rows) / sizeof(rows[0]);
 
 	for (size_t i = 0; i < n; i++) {
 		if (json)
 			strbuf_printf(sb, "%s\"%s\":%llu", i ? "," : "{", rows[i].name,
-				      (unsigned long long)rows[i].value);
+			              (unsigned long long)rows[i].value);
 		else
-			strbuf_printf(sb, "%s %llu\n", rows[i].name, (unsigned long long)rows[i].value);
+			strbuf_printf(sb, "%s %llu\n", rows[i].name,
+			              (unsigned long long)rows[i].value);
 	}
 	if (json)
 		strbuf_puts(sb, "}\n");
@@ -210,9 +213,9 @@ control_message_cmd(const char *cmd, enum control_cmd *out)
 		const char *name;
 		enum control_cmd cmd;
 	} table[] = {
-		{"delete", CONTROL_DELETE},
-		{"hold", CONTROL_HOLD},
-		{"release", CONTROL_RELEASE},
+	    {"delete", CONTROL_DELETE},
+	    {"hold", CONTROL_HOLD},
+	    {"release", CONTROL_RELEASE},
 	};
 
 	for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++) {
@@ -258,7 +261,8 @@ control_run(char *line, struct strbuf *reply, struct worker **workers, unsigned 
 		if (!r.found)
 			strbuf_printf(reply, "error no such message: %s\n", arg);
 		else if (r.error == -EBUSY)
-			strbuf_printf(reply, "error %s is being delivered right now: try again\n", arg);
+			strbuf_printf(reply, "error %s is being delivered right now: try again\n",
+			              arg);
 		else
 			strbuf_puts(reply, "ok\n");
 	} else if (strcmp(cmd, "resolve") == 0 && arg != NULL) {
@@ -279,10 +283,11 @@ control_run(char *line, struct strbuf *reply, struct worker **workers, unsigned 
 			strbuf_printf(reply, "error no such message: %s\n", arg);
 		}
 	} else {
-		strbuf_printf(reply,
-			      "error unknown command \"%s\" (try: queue, show ID, stats, flush, delete ID, "
-			      "hold ID, release ID, resolve DOMAIN)\n",
-			      cmd);
+		strbuf_printf(
+		    reply,
+		    "error unknown command \"%s\" (try: queue, show ID, stats, flush, delete ID, "
+		    "hold ID, release ID, resolve DOMAIN)\n",
+		    cmd);
 	}
 	if (r.out.overflow || reply->overflow) {
 		strbuf_free(reply);
@@ -299,7 +304,7 @@ control_write_all(int fd, const char *p, size_t len)
 		if (k < 0 && errno == EINTR)
 			continue;
 		if (k <= 0)
-			return;	/* the client went away: nothing to tell it */
+			return; /* the client went away: nothing to tell it */
 		p += k;
 		len -= (size_t)k;
 	}
@@ -352,7 +357,7 @@ control_listen(const char *path)
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
-	unlink(path);	/* a socket left by a previous run that did not stop cleanly */
+	unlink(path); /* a socket left by a previous run that did not stop cleanly */
 	if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0 || chmod(path, 0660) != 0 ||
 	    listen(fd, 16) != 0) {
 		int e = errno;
@@ -365,7 +370,7 @@ control_listen(const char *path)
 /* SIGHUP: the maps are read again; a map that no longer parses keeps the old policy. */
 static void
 control_reload(const struct config *cfg, struct worker **workers, unsigned n,
-	       struct policy **policy)
+               struct policy **policy)
 {
 	char err[512];
 	struct policy *p = policy_new(cfg, err, sizeof(err));
@@ -384,7 +389,7 @@ control_reload(const struct config *cfg, struct worker **workers, unsigned n,
 
 int
 control_serve(const struct config *cfg, int signal_fd, struct worker **workers,
-	      unsigned worker_count, struct policy **policy)
+              unsigned worker_count, struct policy **policy)
 {
 	const char *socket_path = cfg->control_socket;
 	int lfd = control_listen(socket_path);
@@ -393,7 +398,7 @@ control_serve(const struct config *cfg, int signal_fd, struct worker **workers,
 		return lfd;
 	for (;;) {
 		struct pollfd pfd[2] = {{.fd = signal_fd, .events = POLLIN},
-					{.fd = lfd, .events = POLLIN}};
+		                        {.fd = lfd, .events = POLLIN}};
 		if (poll(pfd, 2, -1) < 0) {
 			if (errno == EINTR)
 				continue;

@@ -15,20 +15,20 @@
 
 #include "core/strbuf.h"
 
-#define CONTROL_LINE_MAX   512			/* one command line */
-#define CONTROL_REPLY_MAX  (256u * 1024 * 1024)	/* one reply (a whole queue listing) */
+#define CONTROL_LINE_MAX  512                  /* one command line */
+#define CONTROL_REPLY_MAX (256u * 1024 * 1024) /* one reply (a whole queue listing) */
 
 enum control_cmd {
-	CONTROL_QUEUE,		/* one line (or JSON object) per queued message */
-	CONTROL_SHOW,		/* the stored message `arg` (envelope and bytes) */
-	CONTROL_STATS,		/* counters: fills `stats` */
-	CONTROL_FLUSH,		/* every deferred recipient is due now */
-	CONTROL_DELETE,		/* remove message `arg` (no bounce) */
-	CONTROL_HOLD,		/* message `arg` is not delivered until released */
+	CONTROL_QUEUE,  /* one line (or JSON object) per queued message */
+	CONTROL_SHOW,   /* the stored message `arg` (envelope and bytes) */
+	CONTROL_STATS,  /* counters: fills `stats` */
+	CONTROL_FLUSH,  /* every deferred recipient is due now */
+	CONTROL_DELETE, /* remove message `arg` (no bounce) */
+	CONTROL_HOLD,   /* message `arg` is not delivered until released */
 	CONTROL_RELEASE,
-	CONTROL_RESOLVE,	/* next hops, addresses, DNSSEC state and TLSA of domain `arg` */
-	CONTROL_RELOAD,		/* use `policy` from now on (SIGHUP) */
-	CONTROL_STOP,		/* graceful stop: stop accepting, finish, exit the loop */
+	CONTROL_RESOLVE, /* next hops, addresses, DNSSEC state and TLSA of domain `arg` */
+	CONTROL_RELOAD,  /* use `policy` from now on (SIGHUP) */
+	CONTROL_STOP,    /* graceful stop: stop accepting, finish, exit the loop */
 };
 
 struct control_stats {
@@ -46,17 +46,17 @@ struct control_request {
 	enum control_cmd cmd;
 	bool json;
 	char arg[128];
-	uint64_t now_ms;		/* wall clock when asked, for ages */
-	const struct policy *policy;	/* CONTROL_RELOAD */
+	uint64_t now_ms;             /* wall clock when asked, for ages */
+	const struct policy *policy; /* CONTROL_RELOAD */
 
 	pthread_mutex_t lock;
 	pthread_cond_t done;
-	unsigned pending;		/* workers still to answer */
-	bool found;			/* SHOW, DELETE, HOLD, RELEASE: some worker had it */
-	int error;			/* DELETE: -EBUSY while the message is in a transaction */
-	unsigned items;			/* CONTROL_QUEUE: entries appended (for JSON commas) */
+	unsigned pending; /* workers still to answer */
+	bool found;       /* SHOW, DELETE, HOLD, RELEASE: some worker had it */
+	int error;        /* DELETE: -EBUSY while the message is in a transaction */
+	unsigned items;   /* CONTROL_QUEUE: entries appended (for JSON commas) */
 	struct strbuf out;
-	struct control_stats stats;	/* summed over workers */
+	struct control_stats stats; /* summed over workers */
 };
 
 struct config;
@@ -70,7 +70,7 @@ struct worker;
  * uses it). Returns 0, or -errno if the socket cannot be set up.
  */
 int control_serve(const struct config *cfg, int signal_fd, struct worker **workers,
-		  unsigned worker_count, struct policy **policy);
+                  unsigned worker_count, struct policy **policy);
 
 /* Sends r to every worker and waits until all have answered. */
 void control_fan_out(struct control_request *r, struct worker **workers, unsigned n);
@@ -79,7 +79,7 @@ struct queue_message;
 
 /* Appends one queue entry: a text line (no newline) or a JSON object. */
 void control_format_message(struct strbuf *sb, const struct queue_message *m, bool json,
-			    uint64_t now_ms);
+                            uint64_t now_ms);
 
 /* Called by a worker to finish its part of a request. */
 void control_request_answered(struct control_request *r);

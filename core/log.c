@@ -28,10 +28,10 @@ struct log_thread_state {
 static _Thread_local struct log_thread_state log_ts = {.name = "main"};
 
 static const char *const log_level_names[] = {
-	[CONFIG_LOG_DEBUG] = "debug",
-	[CONFIG_LOG_INFO] = "info",
-	[CONFIG_LOG_WARNING] = "warning",
-	[CONFIG_LOG_ERROR] = "error",
+    [CONFIG_LOG_DEBUG] = "debug",
+    [CONFIG_LOG_INFO] = "info",
+    [CONFIG_LOG_WARNING] = "warning",
+    [CONFIG_LOG_ERROR] = "error",
 };
 
 void
@@ -57,7 +57,7 @@ log_write_all(const char *p, size_t len)
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
-			return;	/* stderr is gone: nowhere left to report it */
+			return; /* stderr is gone: nowhere left to report it */
 		p += n;
 		len -= (size_t)n;
 	}

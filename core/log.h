@@ -15,9 +15,9 @@
 
 #include "core/config.h"
 
-#define LOG_LINE_MAX  4096	/* longer lines are cut and end in "..." */
-#define LOG_VALUE_MAX  1024	/* bytes of one value; longer ones end in "..." */
-#define LOG_BUFFER_MAX (64 * 1024)	/* per-thread batch before a forced flush */
+#define LOG_LINE_MAX   4096        /* longer lines are cut and end in "..." */
+#define LOG_VALUE_MAX  1024        /* bytes of one value; longer ones end in "..." */
+#define LOG_BUFFER_MAX (64 * 1024) /* per-thread batch before a forced flush */
 
 struct log_line;
 
@@ -34,7 +34,8 @@ void log_uint(struct log_line *l, const char *key, uint64_t value);
 void log_end(struct log_line *l);
 
 /* A free-text message line (start-up, errors) with event "msg"-like text. */
-void log_msg(enum config_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void log_msg(enum config_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 void log_flush(void);
 

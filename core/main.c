@@ -24,27 +24,28 @@
 #include "core/policy.h"
 #include "core/worker.h"
 
-#define EXIT_CONFIG	     2	/* the configuration has problems */
-#define LISTEN_PROBE_TRIES    40	/* times LISTEN_PROBE_PAUSE_MS: how long a port may be */
-#define LISTEN_PROBE_PAUSE_MS 50	/* still held by a server that just died */
+#define EXIT_CONFIG           2  /* the configuration has problems */
+#define LISTEN_PROBE_TRIES    40 /* times LISTEN_PROBE_PAUSE_MS: how long a port may be */
+#define LISTEN_PROBE_PAUSE_MS 50 /* still held by a server that just died */
 
 static void
 usage(FILE *f)
 {
-	fprintf(f, "usage: ringmx [-c FILE] [-t] [-V] [--default-config]\n"
-		   "  -c FILE           configuration file (default: the built-in development config)\n"
-		   "  -t                check the configuration and exit (0: valid)\n"
-		   "  -V                print the version and exit\n"
-		   "  --default-config  print the built-in configuration as YAML and exit\n");
+	fprintf(
+	    f, "usage: ringmx [-c FILE] [-t] [-V] [--default-config]\n"
+	       "  -c FILE           configuration file (default: the built-in development config)\n"
+	       "  -t                check the configuration and exit (0: valid)\n"
+	       "  -V                print the version and exit\n"
+	       "  --default-config  print the built-in configuration as YAML and exit\n");
 }
 
 static void
 listen_error(const struct config_listen *ls, int e, char *err, size_t err_len)
 {
 	snprintf(err, err_len, "listen %s: %s%s", ls->address.text, strerror(e),
-		 e == EACCES ? " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
-		 : e == EADDRINUSE ? " (another server has this port)"
-				   : "");
+	         e == EACCES       ? " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+	         : e == EADDRINUSE ? " (another server has this port)"
+	                           : "");
 }
 
 static int
@@ -126,7 +127,7 @@ drop_privileges(const char *user, const char *spool_dir, char *err, size_t err_l
 	}
 	if (chown(spool_dir, pw->pw_uid, pw->pw_gid) != 0) {
 		snprintf(err, err_len, "spool_dir %.200s: chown to %s: %s", spool_dir, user,
-			 strerror(errno));
+		         strerror(errno));
 		return -1;
 	}
 	if (setgroups(0, NULL) != 0 || setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0) {
@@ -185,12 +186,12 @@ server_start(struct server *s, char *err, size_t err_len)
 	const struct config *cfg = s->cfg;
 
 	for (unsigned i = 0; i < cfg->workers; i++) {
-		s->workers[i] = worker_new(i, cfg, s->policy, &s->shared, s->listen_fds[i], err,
-					   err_len);
+		s->workers[i] =
+		    worker_new(i, cfg, s->policy, &s->shared, s->listen_fds[i], err, err_len);
 		if (s->workers[i] == NULL)
 			return -1;
 		for (unsigned k = 0; k < cfg->listen_count; k++)
-			s->listen_fds[i][k] = -1;	/* the worker owns them now */
+			s->listen_fds[i][k] = -1; /* the worker owns them now */
 		if (worker_start(s->workers[i], err, err_len) != 0) {
 			worker_join(s->workers[i]);
 			return -1;
@@ -224,9 +225,9 @@ run(const struct config *cfg)
 	if (s.policy == NULL)
 		goto fail;
 	s.shared.inbound =
-		connlimit_new(cfg->limits_max_connections, cfg->limits_max_connections_per_ip);
+	    connlimit_new(cfg->limits_max_connections, cfg->limits_max_connections_per_ip);
 	s.shared.outbound = connlimit_new(WORKER_OUT_CONN_MAX * cfg->workers,
-					  cfg->outbound_max_connections_per_destination);
+	                                  cfg->outbound_max_connections_per_destination);
 	if (s.shared.inbound == NULL || s.shared.outbound == NULL) {
 		snprintf(err, sizeof(err), "out of memory");
 		goto fail;
@@ -248,15 +249,17 @@ run(const struct config *cfg)
 		goto fail;
 	}
 	if (!cfg->queue_sync)
-		log_msg(CONFIG_LOG_WARNING, "queue.sync is none: accepted mail is NOT synced to disk "
-					    "before the 250 reply (benchmarks only)");
+		log_msg(CONFIG_LOG_WARNING,
+		        "queue.sync is none: accepted mail is NOT synced to disk "
+		        "before the 250 reply (benchmarks only)");
 	if (server_start(&s, err, sizeof(err)) != 0)
 		goto fail;
 	log_msg(CONFIG_LOG_INFO, "ringmx %s started: %u workers, %u listeners, config %s",
-		RINGMX_VERSION, cfg->workers, cfg->listen_count, cfg->source);
+	        RINGMX_VERSION, cfg->workers, cfg->listen_count, cfg->source);
 	int r = control_serve(cfg, sfd, s.workers, s.started, &s.policy);
 	if (r != 0) {
-		snprintf(err, sizeof(err), "control socket %s: %s", cfg->control_socket, strerror(-r));
+		snprintf(err, sizeof(err), "control socket %s: %s", cfg->control_socket,
+		         strerror(-r));
 		goto fail;
 	}
 	log_msg(CONFIG_LOG_INFO, "stopping");
@@ -291,9 +294,9 @@ int
 main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
-		{"default-config", no_argument, NULL, 'D'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"default-config", no_argument, NULL, 'D'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	const char *path = NULL;
 	bool check = false;

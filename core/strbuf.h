@@ -9,11 +9,11 @@
 #include <stddef.h>
 
 struct strbuf {
-	char *data;		/* NUL-terminated when non-NULL */
+	char *data; /* NUL-terminated when non-NULL */
 	size_t len;
 	size_t cap;
-	size_t limit;		/* appends past this set `overflow` and are dropped */
-	bool overflow;		/* also set when memory runs out */
+	size_t limit;  /* appends past this set `overflow` and are dropped */
+	bool overflow; /* also set when memory runs out */
 };
 
 void strbuf_init(struct strbuf *sb, size_t limit);

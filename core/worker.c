@@ -81,7 +81,7 @@ static void
 conn_touch(struct worker *w, struct conn *c)
 {
 	uint64_t t = smtp_server_in_data(c->smtp) ? w->cfg->limits_data_timeout_ms
-						  : w->cfg->limits_command_timeout_ms;
+	                                          : w->cfg->limits_command_timeout_ms;
 	c->deadline_ms = w->now_ms + t;
 }
 
@@ -169,7 +169,7 @@ conn_flush(struct worker *w, struct conn *c)
 	if (c->out_sent < c->out_len) {
 		struct io_uring_sqe *sqe = worker_sqe(w);
 		io_uring_prep_send(sqe, c->fd, c->out + c->out_sent, c->out_len - c->out_sent,
-				   MSG_NOSIGNAL);
+		                   MSG_NOSIGNAL);
 		io_uring_sqe_set_data64(sqe, ud_pack(OP_SEND, c->gen, conn_slot(w, c)));
 		c->send_busy = true;
 		c->inflight++;
@@ -217,7 +217,7 @@ conn_feed(struct worker *w, struct conn *c, const uint8_t *in, size_t len)
 			continue;
 		conn_event(w, c, &ev);
 		if (ev.type == SMTP_EV_STARTTLS || ev.type == SMTP_EV_CLOSE)
-			return len;	/* the rest is never executed (STARTTLS injection) */
+			return len; /* the rest is never executed (STARTTLS injection) */
 	}
 	return used;
 }
@@ -295,7 +295,7 @@ conn_protocol(const struct conn *c)
 /* RFC 5321 §4.4 trace header; "for" names the recipient only when there is one. */
 static size_t
 conn_received(struct worker *w, struct conn *c, const struct smtp_envelope *env,
-	      const char *id_text, char *buf, size_t cap)
+              const char *id_text, char *buf, size_t cap)
 {
 	char date[64];
 	struct tm tm;
@@ -303,10 +303,9 @@ conn_received(struct worker *w, struct conn *c, const struct smtp_envelope *env,
 
 	gmtime_r(&t, &tm);
 	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
-	int n = snprintf(buf, cap,
-			 "Received: from %s (unknown [%s])\r\n\tby %s (ringmx) with %s id %s",
-			 smtp_server_helo(c->smtp), c->peer_text, w->cfg->hostname,
-			 conn_protocol(c), id_text);
+	int n = snprintf(
+	    buf, cap, "Received: from %s (unknown [%s])\r\n\tby %s (ringmx) with %s id %s",
+	    smtp_server_helo(c->smtp), c->peer_text, w->cfg->hostname, conn_protocol(c), id_text);
 	if (n > 0 && env->rcpt_count == 1 && (size_t)n < cap)
 		n += snprintf(buf + n, cap - (size_t)n, "\r\n\tfor <%s>", w->rcpt_text[0]);
 	if (n > 0 && (size_t)n < cap)
@@ -328,13 +327,14 @@ conn_store_refuse(struct worker *w, struct conn *c, enum smtp_store_result r, co
 
 static bool
 conn_envelope_text(struct worker *w, const struct smtp_envelope *env, char *sender,
-		   size_t sender_cap)
+                   size_t sender_cap)
 {
 	sender[0] = '\0';
 	if (!env->sender.null && address_format(&env->sender, sender, sender_cap) < 0)
 		return false;
 	for (unsigned i = 0; i < env->rcpt_count; i++) {
-		if (address_format(&env->rcpts[i].addr, w->rcpt_text[i], sizeof(w->rcpt_text[i])) < 0)
+		if (address_format(&env->rcpts[i].addr, w->rcpt_text[i], sizeof(w->rcpt_text[i])) <
+		    0)
 			return false;
 		w->rcpt_ptrs[i] = w->rcpt_text[i];
 		w->rcpt_params[i] = env->rcpts[i].params;
@@ -410,12 +410,12 @@ worker_compact(struct worker *w)
 	if (journal_current_segment(w->journal) - oldest < COMPACT_LAG_SEGMENTS ||
 	    worker_seg_live(w, oldest) == 0)
 		return;
-	for (struct queue_message *m = queue_next(w->queue, NULL); m != NULL && done < COMPACT_BATCH;
-	     m = queue_next(w->queue, m)) {
+	for (struct queue_message *m = queue_next(w->queue, NULL);
+	     m != NULL && done < COMPACT_BATCH; m = queue_next(w->queue, m)) {
 		if (m->loc.segment != oldest)
 			continue;
 		if (out_rewrite(w, m) != 0)
-			return;	/* the batch is full: next tick */
+			return; /* the batch is full: next tick */
 		done++;
 	}
 }
@@ -439,8 +439,9 @@ worker_segments_collect(struct worker *w)
 			continue;
 		if (r != 0) {
 			if (r != -EBUSY)
-				log_msg(CONFIG_LOG_WARNING, "journal: cannot delete segment %llu: %s",
-					(unsigned long long)seg, strerror(-r));
+				log_msg(CONFIG_LOG_WARNING,
+				        "journal: cannot delete segment %llu: %s",
+				        (unsigned long long)seg, strerror(-r));
 			return;
 		}
 		struct log_line *l = log_begin(CONFIG_LOG_DEBUG, NULL, "segment-deleted");
@@ -466,7 +467,7 @@ worker_segments_count(struct worker *w)
  */
 struct queue_message *
 worker_store_message(struct worker *w, uint64_t id, const struct queue_envelope *qe,
-		     const uint8_t *body, size_t body_len, int64_t *batch)
+                     const uint8_t *body, size_t body_len, int64_t *batch)
 {
 	struct iovec iov[2];
 	int n = queue_record_encode(id, qe, body, body_len, w->record_scratch, RECORD_SCRATCH, iov);
@@ -476,7 +477,8 @@ worker_store_message(struct worker *w, uint64_t id, const struct queue_envelope 
 		return NULL;
 	}
 	/* In the queue first (it checks the memory limit), then journaled. */
-	struct queue_message *m = queue_add(w->queue, id, qe, body, body_len, &(struct journal_loc){0});
+	struct queue_message *m =
+	    queue_add(w->queue, id, qe, body, body_len, &(struct journal_loc){0});
 	if (m == NULL) {
 		*batch = -ENOSPC;
 		return NULL;
@@ -493,7 +495,7 @@ worker_store_message(struct worker *w, uint64_t id, const struct queue_envelope 
 /* A record that needs no reply of its own: it becomes durable with the next batch. */
 void
 worker_journal_record(struct worker *w, enum journal_rec_type type, const struct iovec *iov,
-		      unsigned n)
+                      unsigned n)
 {
 	struct journal_loc loc;
 
@@ -514,7 +516,7 @@ conn_hops(const uint8_t *body, size_t len)
 		const uint8_t *eol = memchr(body + i, '\n', len - i);
 		size_t line = eol ? (size_t)(eol - (body + i)) + 1 : len - i;
 		if (line <= 2 && (body[i] == '\r' || body[i] == '\n'))
-			break;	/* the empty line: end of the header section */
+			break; /* the empty line: end of the header section */
 		if (line >= 9 && strncasecmp((const char *)body + i, "Received:", 9) == 0)
 			hops++;
 		i += line;
@@ -548,24 +550,24 @@ conn_store(struct worker *w, struct conn *c, const struct smtp_envelope *env)
 	size_t body_len = hlen + env->body_len;
 
 	struct queue_envelope qe = {
-		.sender = sender,
-		.sender_params = env->sender_params,
-		.rcpt_addresses = w->rcpt_ptrs,
-		.rcpt_params = w->rcpt_params,
-		.rcpt_count = env->rcpt_count,
-		.origin = {.client_addr = c->peer_text,
-			   .client_name = smtp_server_helo(c->smtp),
-			   .protocol = conn_protocol(c),
-			   .tls_version = "",
-			   .auth_user = ""},
-		.arrival_ms = clock_ms(CLOCK_REALTIME),
+	    .sender = sender,
+	    .sender_params = env->sender_params,
+	    .rcpt_addresses = w->rcpt_ptrs,
+	    .rcpt_params = w->rcpt_params,
+	    .rcpt_count = env->rcpt_count,
+	    .origin = {.client_addr = c->peer_text,
+	               .client_name = smtp_server_helo(c->smtp),
+	               .protocol = conn_protocol(c),
+	               .tls_version = "",
+	               .auth_user = ""},
+	    .arrival_ms = clock_ms(CLOCK_REALTIME),
 	};
 	int64_t batch;
 	struct queue_message *m =
-		worker_store_message(w, id, &qe, w->body_scratch, body_len, &batch);
+	    worker_store_message(w, id, &qe, w->body_scratch, body_len, &batch);
 	if (m == NULL) {
 		conn_store_refuse(w, c, batch == -E2BIG ? SMTP_STORE_ERROR : SMTP_STORE_NOSPACE,
-				  batch == -E2BIG ? "envelope too large" : "queue or journal full");
+		                  batch == -E2BIG ? "envelope too large" : "queue or journal full");
 		return;
 	}
 	c->waiting = true;
@@ -638,9 +640,9 @@ worker_answer_waiters(struct worker *w, uint64_t durable, int r)
 		} else {
 			worker_queue_remove(w, c->wait_msg);
 			w->stats.messages_refused++;
-			smtp_server_message_done(c->smtp, r == -JOURNAL_ENOSPC ? SMTP_STORE_NOSPACE
-									: SMTP_STORE_ERROR,
-						 NULL);
+			smtp_server_message_done(
+			    c->smtp, r == -JOURNAL_ENOSPC ? SMTP_STORE_NOSPACE : SMTP_STORE_ERROR,
+			    NULL);
 		}
 		c->wait_msg = NULL;
 		if (c->fd < 0) {
@@ -658,7 +660,7 @@ worker_journal_failed(struct worker *w, int r, int res)
 {
 	w->stats.journal_errors++;
 	log_msg(CONFIG_LOG_ERROR, "journal: %s; refusing the messages waiting for it",
-		strerror(res < 0 ? -res : EIO));
+	        strerror(res < 0 ? -res : EIO));
 	worker_answer_waiters(w, 0, r);
 }
 
@@ -683,7 +685,7 @@ worker_journal_write(struct worker *w)
 	struct io_uring_sqe *sqe = worker_sqe(w);
 
 	io_uring_prep_write(sqe, w->jw.fd, (const uint8_t *)w->jw.buf + w->jw_written,
-			    (unsigned)(w->jw.len - w->jw_written), w->jw.offset + w->jw_written);
+	                    (unsigned)(w->jw.len - w->jw_written), w->jw.offset + w->jw_written);
 	io_uring_sqe_set_data64(sqe, ud_pack(OP_JOURNAL_WRITE, 0, 0));
 	if (w->jw.sync) {
 		sqe->flags |= IOSQE_IO_LINK;
@@ -717,7 +719,7 @@ worker_on_journal(struct worker *w, enum worker_op op, int res)
 {
 	if (op == OP_JOURNAL_WRITE) {
 		if (res == 0)
-			res = -EIO;	/* no progress on a regular file: never loop on it */
+			res = -EIO; /* no progress on a regular file: never loop on it */
 		if (res < 0)
 			w->jw_error = res;
 		else
@@ -775,17 +777,17 @@ conn_open(struct worker *w, struct conn *c, int fd, unsigned listener)
 {
 	const struct config_listen *ls = &w->cfg->listen[listener];
 	struct smtp_server_params sp = {
-		.hostname = w->cfg->hostname,
-		.bare_newline = w->cfg->limits_bare_newline == CONFIG_BARE_NEWLINE_REJECT
-					? SMTP_BARE_NEWLINE_REJECT
-					: SMTP_BARE_NEWLINE_NORMALIZE,
-		.tls_required = ls->tls == CONFIG_TLS_REQUIRED,
-		.auth_required = ls->auth == CONFIG_AUTH_REQUIRED,
+	    .hostname = w->cfg->hostname,
+	    .bare_newline = w->cfg->limits_bare_newline == CONFIG_BARE_NEWLINE_REJECT
+	                        ? SMTP_BARE_NEWLINE_REJECT
+	                        : SMTP_BARE_NEWLINE_NORMALIZE,
+	    .tls_required = ls->tls == CONFIG_TLS_REQUIRED,
+	    .auth_required = ls->auth == CONFIG_AUTH_REQUIRED,
 	};
 	struct smtp_server_limits lim = {
-		.message_size_max = w->cfg->limits_max_message_size,
-		.rcpt_count_max = w->cfg->limits_max_recipients,
-		.error_count_max = w->cfg->limits_max_errors,
+	    .message_size_max = w->cfg->limits_max_message_size,
+	    .rcpt_count_max = w->cfg->limits_max_recipients,
+	    .error_count_max = w->cfg->limits_max_errors,
 	};
 
 	c->used = true;
@@ -793,9 +795,9 @@ conn_open(struct worker *w, struct conn *c, int fd, unsigned listener)
 	c->listener = listener;
 	c->connected_ms = w->now_ms;
 	c->client = (struct policy_client){
-		.addr = (const struct sockaddr *)&c->peer,
-		.role = ls->role,
-		.trusted_network = policy_client_trusted(w->policy, (const struct sockaddr *)&c->peer),
+	    .addr = (const struct sockaddr *)&c->peer,
+	    .role = ls->role,
+	    .trusted_network = policy_client_trusted(w->policy, (const struct sockaddr *)&c->peer),
 	};
 	c->smtp = smtp_server_new(&sp, &lim);
 	w->active++;
@@ -819,8 +821,8 @@ static void
 peer_text(const struct sockaddr_storage *ss, char *buf, size_t cap)
 {
 	const void *a = ss->ss_family == AF_INET6
-				? (const void *)&((const struct sockaddr_in6 *)ss)->sin6_addr
-				: (const void *)&((const struct sockaddr_in *)ss)->sin_addr;
+	                    ? (const void *)&((const struct sockaddr_in6 *)ss)->sin6_addr
+	                    : (const void *)&((const struct sockaddr_in *)ss)->sin_addr;
 	if (inet_ntop(ss->ss_family, a, buf, (socklen_t)cap) == NULL)
 		snprintf(buf, cap, "unknown");
 	/* v4-mapped peers on a dual-stack socket are shown as plain IPv4 */
@@ -887,7 +889,7 @@ void
 worker_return_buffer(struct worker *w, unsigned bid)
 {
 	io_uring_buf_ring_add(w->buf_ring, w->bufs + (size_t)bid * WORKER_BUF_SIZE, WORKER_BUF_SIZE,
-			      (unsigned short)bid, io_uring_buf_ring_mask(WORKER_BUF_COUNT), 0);
+	                      (unsigned short)bid, io_uring_buf_ring_mask(WORKER_BUF_COUNT), 0);
 	io_uring_buf_ring_advance(w->buf_ring, 1);
 }
 
@@ -920,7 +922,7 @@ worker_on_recv(struct worker *w, uint64_t ud, int res, unsigned flags)
 		if (res == 0 || (res < 0 && res != -ENOBUFS && res != -ECANCELED))
 			conn_close(w, c);
 		else
-			conn_arm_recv(w, c);	/* out of buffers, or un-paused before the cancel */
+			conn_arm_recv(w, c); /* out of buffers, or un-paused before the cancel */
 	}
 	conn_op_done(w, c);
 }
@@ -994,7 +996,7 @@ worker_on_tick(struct worker *w)
 		c->stash_len = 0;
 		conn_mark_dirty(w, c);
 	}
-	out_dns_pump(w);	/* the resolver's timers are served at tick granularity */
+	out_dns_pump(w); /* the resolver's timers are served at tick granularity */
 	out_tick(w);
 	worker_compact(w);
 	worker_segments_collect(w);
@@ -1021,8 +1023,8 @@ worker_stop(struct worker *w)
 static bool
 worker_finished(const struct worker *w)
 {
-	return w->stopping && w->active == 0 && out_idle(w) && w->waiter_count == 0 && !w->jw_busy &&
-	       !journal_batch_ready(w->journal);
+	return w->stopping && w->active == 0 && out_idle(w) && w->waiter_count == 0 &&
+	       !w->jw_busy && !journal_batch_ready(w->journal);
 }
 
 /* ---- control requests -------------------------------------------------------------- */
@@ -1047,7 +1049,7 @@ worker_post(struct worker *w, struct control_request *r)
 	w->mailbox[w->mailbox_count++] = r;
 	pthread_mutex_unlock(&w->mailbox_lock);
 	if (write(w->mailbox_fd, &one, sizeof(one)) != sizeof(one))
-		abort();	/* an eventfd write fails only on overflow: impossible here */
+		abort(); /* an eventfd write fails only on overflow: impossible here */
 }
 
 static void
@@ -1088,7 +1090,8 @@ worker_show(struct worker *w, struct control_request *r)
 	uint8_t *rec = malloc(m->loc.length);
 	if (rec != NULL && m->loc.length >= m->body_len &&
 	    journal_read(w->journal, &m->loc, rec, m->loc.length) == 0)
-		strbuf_append(&r->out, (const char *)rec + m->loc.length - m->body_len, m->body_len);
+		strbuf_append(&r->out, (const char *)rec + m->loc.length - m->body_len,
+		              m->body_len);
 	free(rec);
 }
 
@@ -1119,7 +1122,7 @@ static void
 worker_handle_request(struct worker *w, struct control_request *r)
 {
 	if (r->cmd == CONTROL_RESOLVE) {
-		out_resolve(w, r);	/* answered when the lookups are done */
+		out_resolve(w, r); /* answered when the lookups are done */
 		return;
 	}
 	pthread_mutex_lock(&r->lock);
@@ -1266,33 +1269,35 @@ worker_setup_ring(struct worker *w)
 	struct io_uring_params p = {.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN};
 	int r = io_uring_queue_init_params(WORKER_RING_ENTRIES, &w->ring, &p);
 	if (r < 0) {
-		snprintf(w->start_err, sizeof(w->start_err), "io_uring_queue_init: %s", strerror(-r));
+		snprintf(w->start_err, sizeof(w->start_err), "io_uring_queue_init: %s",
+		         strerror(-r));
 		return r;
 	}
 	size_t ring_size = WORKER_BUF_COUNT * sizeof(struct io_uring_buf);
-	w->buf_ring = mmap(NULL, ring_size, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE,
-			   -1, 0);
+	w->buf_ring =
+	    mmap(NULL, ring_size, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
 	if (w->buf_ring == MAP_FAILED) {
 		w->buf_ring = NULL;
 		snprintf(w->start_err, sizeof(w->start_err), "buffer ring: out of memory");
 		return -ENOMEM;
 	}
 	struct io_uring_buf_reg reg = {
-		.ring_addr = (uint64_t)(uintptr_t)w->buf_ring,
-		.ring_entries = WORKER_BUF_COUNT,
-		.bgid = WORKER_BUF_GROUP,
+	    .ring_addr = (uint64_t)(uintptr_t)w->buf_ring,
+	    .ring_entries = WORKER_BUF_COUNT,
+	    .bgid = WORKER_BUF_GROUP,
 	};
 	r = io_uring_register_buf_ring(&w->ring, &reg, 0);
 	if (r < 0) {
 		snprintf(w->start_err, sizeof(w->start_err),
-			 "io_uring_register_buf_ring: %s (ringmx needs Linux >= 6.1)", strerror(-r));
+		         "io_uring_register_buf_ring: %s (ringmx needs Linux >= 6.1)",
+		         strerror(-r));
 		return r;
 	}
 	io_uring_buf_ring_init(w->buf_ring);
 	for (unsigned i = 0; i < WORKER_BUF_COUNT; i++)
 		io_uring_buf_ring_add(w->buf_ring, w->bufs + (size_t)i * WORKER_BUF_SIZE,
-				      WORKER_BUF_SIZE, (unsigned short)i,
-				      io_uring_buf_ring_mask(WORKER_BUF_COUNT), (int)i);
+		                      WORKER_BUF_SIZE, (unsigned short)i,
+		                      io_uring_buf_ring_mask(WORKER_BUF_COUNT), (int)i);
 	io_uring_buf_ring_advance(w->buf_ring, WORKER_BUF_COUNT);
 	return 0;
 }
@@ -1380,7 +1385,7 @@ worker_start(struct worker *w, char *err, size_t err_len)
 
 static int
 worker_replay(void *arg, enum journal_rec_type type, const void *payload, size_t len,
-	      const struct journal_loc *loc)
+              const struct journal_loc *loc)
 {
 	struct worker *w = arg;
 
@@ -1469,7 +1474,7 @@ worker_alloc(struct worker *w)
 
 struct worker *
 worker_new(unsigned index, const struct config *cfg, const struct policy *policy,
-	   const struct worker_shared *shared, const int *listen_fds, char *err, size_t err_len)
+           const struct worker_shared *shared, const int *listen_fds, char *err, size_t err_len)
 {
 	struct worker *w = calloc(1, sizeof(*w));
 	char dir[CONFIG_PATH_LEN + 16];
@@ -1503,19 +1508,19 @@ worker_new(unsigned index, const struct config *cfg, const struct policy *policy
 	}
 	snprintf(dir, sizeof(dir), "%s/%u", cfg->spool_dir, index);
 	struct journal_params jp = {
-		.dir = dir,
-		.segment_size = cfg->queue_segment_size,
-		.sync = cfg->queue_sync,
-		.replay = worker_replay,
-		.report = worker_report,
-		.arg = w,
+	    .dir = dir,
+	    .segment_size = cfg->queue_segment_size,
+	    .sync = cfg->queue_sync,
+	    .replay = worker_replay,
+	    .report = worker_report,
+	    .arg = w,
 	};
 	if (journal_open(&jp, &w->journal, err, err_len) != 0)
 		goto fail;
 	return w;
 fail:
 	for (unsigned i = 0; i < cfg->listen_count; i++)
-		w->listen_fds[i] = -1;	/* still the caller's */
+		w->listen_fds[i] = -1; /* still the caller's */
 	worker_free(w);
 	return NULL;
 }
@@ -1535,21 +1540,22 @@ worker_probe_uring(char *why, size_t why_len)
 		int op;
 		const char *name;
 	} needed[] = {
-		{IORING_OP_ACCEPT, "accept"}, {IORING_OP_RECV, "recv"},
-		{IORING_OP_SEND, "send"},     {IORING_OP_WRITE, "write"},
-		{IORING_OP_FSYNC, "fsync"},   {IORING_OP_TIMEOUT, "timeout"},
-		{IORING_OP_READ, "read"},     {IORING_OP_ASYNC_CANCEL, "cancel"},
-		{IORING_OP_CLOSE, "close"},
+	    {IORING_OP_ACCEPT, "accept"}, {IORING_OP_RECV, "recv"},
+	    {IORING_OP_SEND, "send"},     {IORING_OP_WRITE, "write"},
+	    {IORING_OP_FSYNC, "fsync"},   {IORING_OP_TIMEOUT, "timeout"},
+	    {IORING_OP_READ, "read"},     {IORING_OP_ASYNC_CANCEL, "cancel"},
+	    {IORING_OP_CLOSE, "close"},
 	};
 	struct io_uring ring;
 	int r = io_uring_queue_init(8, &ring, 0);
 
 	if (r < 0) {
-		snprintf(why, why_len,
-			 "io_uring is not available here (io_uring_setup: %s): ringmx needs Linux >= "
-			 "6.1 with io_uring allowed (check sysctl kernel.io_uring_disabled and the "
-			 "container's seccomp profile)",
-			 strerror(-r));
+		snprintf(
+		    why, why_len,
+		    "io_uring is not available here (io_uring_setup: %s): ringmx needs Linux >= "
+		    "6.1 with io_uring allowed (check sysctl kernel.io_uring_disabled and the "
+		    "container's seccomp profile)",
+		    strerror(-r));
 		return r;
 	}
 	struct io_uring_probe *p = io_uring_get_probe_ring(&ring);
@@ -1557,8 +1563,8 @@ worker_probe_uring(char *why, size_t why_len)
 	for (size_t i = 0; p != NULL && i < sizeof(needed) / sizeof(needed[0]); i++) {
 		if (!io_uring_opcode_supported(p, needed[i].op)) {
 			snprintf(why, why_len,
-				 "io_uring lacks the %s operation: ringmx needs Linux >= 6.1",
-				 needed[i].name);
+			         "io_uring lacks the %s operation: ringmx needs Linux >= 6.1",
+			         needed[i].name);
 			r = -ENOTSUP;
 			break;
 		}

@@ -14,12 +14,12 @@
 #include "core/control.h"
 #include "core/policy.h"
 
-#define WORKER_OUT_CONN_MAX 1024	/* outbound connections per worker */
+#define WORKER_OUT_CONN_MAX 1024 /* outbound connections per worker */
 
 /* What the workers share, all touched only when a connection opens or closes. */
 struct worker_shared {
-	struct connlimit *inbound;	/* max_connections, max_connections_per_ip */
-	struct connlimit *outbound;	/* max_connections_per_destination, over all workers */
+	struct connlimit *inbound;  /* max_connections, max_connections_per_ip */
+	struct connlimit *outbound; /* max_connections_per_destination, over all workers */
 };
 
 struct worker;
@@ -30,8 +30,8 @@ struct worker;
  * of cfg). Returns NULL with err filled on failure.
  */
 struct worker *worker_new(unsigned index, const struct config *cfg, const struct policy *policy,
-			  const struct worker_shared *shared, const int *listen_fds, char *err,
-			  size_t err_len);
+                          const struct worker_shared *shared, const int *listen_fds, char *err,
+                          size_t err_len);
 
 /* Starts the thread; waits until its ring is set up. 0, or -errno with err filled. */
 int worker_start(struct worker *w, char *err, size_t err_len);

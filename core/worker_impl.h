@@ -21,18 +21,19 @@
 #include "queue/queue.h"
 #include "queue/scheduler.h"
 
-#define WORKER_RING_ENTRIES	4096
-#define WORKER_CQE_BATCH	512	/* completions handled per turn before the next submit */
-#define WORKER_BUF_COUNT	512	/* provided receive buffers (power of two) */
-#define WORKER_BUF_SIZE		16384
-#define WORKER_BUF_GROUP	1
-#define WORKER_TICK_MS		250
-#define WORKER_STOP_GRACE_MS	5000	/* sessions in a transaction may finish this long */
-#define CONN_OUT_CAP		8192	/* reply bytes in flight per connection */
-#define CONN_STASH_MAX		(64 * 1024)	/* input held while a reply is awaited */
-#define RECORD_SCRATCH		(1024 * 1024)	/* encoded envelope of one message */
+#define WORKER_RING_ENTRIES  4096
+#define WORKER_CQE_BATCH     512 /* completions handled per turn before the next submit */
+#define WORKER_BUF_COUNT     512 /* provided receive buffers (power of two) */
+#define WORKER_BUF_SIZE      16384
+#define WORKER_BUF_GROUP     1
+#define WORKER_TICK_MS       250
+#define WORKER_STOP_GRACE_MS 5000          /* sessions in a transaction may finish this long */
+#define CONN_OUT_CAP         8192          /* reply bytes in flight per connection */
+#define CONN_STASH_MAX       (64 * 1024)   /* input held while a reply is awaited */
+#define RECORD_SCRATCH       (1024 * 1024) /* encoded envelope of one message */
 
-static_assert((WORKER_BUF_COUNT & (WORKER_BUF_COUNT - 1)) == 0, "buffer ring size is a power of two");
+static_assert((WORKER_BUF_COUNT & (WORKER_BUF_COUNT - 1)) == 0,
+              "buffer ring size is a power of two");
 
 enum worker_op {
 	OP_ACCEPT = 1,
@@ -77,11 +78,11 @@ ud_slot(uint64_t ud)
 }
 
 struct conn {
-	int fd;			/* -1 once closed */
+	int fd; /* -1 once closed */
 	uint32_t gen;
 	bool used;
 	bool recv_armed, recv_paused, send_busy, closing, dirty, waiting, counted;
-	unsigned inflight;	/* submitted ops that still name this slot */
+	unsigned inflight; /* submitted ops that still name this slot */
 	unsigned listener;
 	struct smtp_server *smtp;
 	struct sockaddr_storage peer;
@@ -94,23 +95,23 @@ struct conn {
 	uint64_t wait_batch;
 	struct queue_message *wait_msg;
 
-	uint8_t *stash;		/* input not yet fed (the engine was waiting) */
+	uint8_t *stash; /* input not yet fed (the engine was waiting) */
 	size_t stash_len;
-	uint8_t *out;		/* CONN_OUT_CAP bytes, allocated on first send */
+	uint8_t *out; /* CONN_OUT_CAP bytes, allocated on first send */
 	size_t out_len, out_sent;
 };
 
 /* Outbound delivery, worker_out.c. */
-#define OUT_CONN_MAX		 WORKER_OUT_CONN_MAX
-#define OUT_ADDRS_MAX		 16	/* addresses tried per connection */
-#define OUT_IOV_MAX		 64	/* iovecs in one send */
-#define OUT_STASH_MAX		 (64 * 1024)	/* reply bytes held while our output is pending */
-#define OUT_CONNECT_TIMEOUT_MS	 30000
-#define OUT_IDLE_MS		 2000	/* an idle connection waits this long for more work */
-#define OUT_DUE_BATCH		 256	/* messages woken per tick and call */
-#define QUEUE_IN_FLIGHT		 UINT64_MAX	/* next_attempt_ms of a recipient in a job */
-#define COMPACT_LAG_SEGMENTS	 4	/* messages this many segments behind are rewritten, */
-#define COMPACT_BATCH		 64	/* this many per tick */
+#define OUT_CONN_MAX           WORKER_OUT_CONN_MAX
+#define OUT_ADDRS_MAX          16          /* addresses tried per connection */
+#define OUT_IOV_MAX            64          /* iovecs in one send */
+#define OUT_STASH_MAX          (64 * 1024) /* reply bytes held while our output is pending */
+#define OUT_CONNECT_TIMEOUT_MS 30000
+#define OUT_IDLE_MS            2000       /* an idle connection waits this long for more work */
+#define OUT_DUE_BATCH          256        /* messages woken per tick and call */
+#define QUEUE_IN_FLIGHT        UINT64_MAX /* next_attempt_ms of a recipient in a job */
+#define COMPACT_LAG_SEGMENTS   4          /* messages this many segments behind are rewritten, */
+#define COMPACT_BATCH          64         /* this many per tick */
 
 /* A recipient's DSN requests, passed on as received (RFC 3461). */
 struct out_rcpt_dsn {
@@ -119,24 +120,24 @@ struct out_rcpt_dsn {
 };
 
 struct oconn {
-	int fd;			/* -1: none (resolving, or closed) */
+	int fd; /* -1: none (resolving, or closed) */
 	uint32_t gen;
 	bool used, connecting, recv_armed, send_busy, closing;
 	unsigned inflight;
-	struct worker *w;	/* for the DNS callback */
+	struct worker *w; /* for the DNS callback */
 	struct sched_dest *dest;
 	struct smtp_client *smtp;
-	int dns_id;		/* the lookup in flight, 0: none */
-	enum dns_security security;	/* of the lookup that gave the addresses */
+	int dns_id;                 /* the lookup in flight, 0: none */
+	enum dns_security security; /* of the lookup that gave the addresses */
 	struct sockaddr_storage addrs[OUT_ADDRS_MAX];
-	uint8_t addr_host[OUT_ADDRS_MAX];	/* index into hosts */
+	uint8_t addr_host[OUT_ADDRS_MAX]; /* index into hosts */
 	char hosts[DNS_MX_MAX][DNS_NAME_MAX + 1];
 	unsigned addr_count, addr_next;
 	char peer_text[INET6_ADDRSTRLEN + 8];
 	uint64_t deadline_ms;
 	uint64_t started_ms;
-	unsigned messages;	/* transactions on this connection */
-	bool session_ok;	/* got to READY once: later failures are not the address's fault */
+	unsigned messages; /* transactions on this connection */
+	bool session_ok;   /* got to READY once: later failures are not the address's fault */
 
 	/* the transaction in progress */
 	struct sched_job *job;
@@ -146,13 +147,13 @@ struct oconn {
 	char ret[8];
 	char body_type[16];
 	char envid[SMTP_CLIENT_ENVID_MAX + 1];
-	uint8_t *body;		/* the body read back from the journal, when evicted */
+	uint8_t *body; /* the body read back from the journal, when evicted */
 
 	struct iovec iov[OUT_IOV_MAX];
 	struct msghdr mh;
 	uint8_t *stash;
 	size_t stash_len;
-	struct oconn *next_idle;	/* on its destination's idle list */
+	struct oconn *next_idle; /* on its destination's idle list */
 };
 
 struct worker {
@@ -168,13 +169,13 @@ struct worker {
 	struct io_uring_buf_ring *buf_ring;
 	uint8_t *bufs;
 	struct __kernel_timespec tick;
-	uint64_t now_ms;	/* monotonic, once per turn */
+	uint64_t now_ms; /* monotonic, once per turn */
 
 	struct conn *conns;
 	unsigned conn_max;
 	unsigned *free_slots, free_count;
 	unsigned *dirty, dirty_count;
-	unsigned *waiters, waiter_count;	/* in batch order */
+	unsigned *waiters, waiter_count; /* in batch order */
 	unsigned active;
 
 	struct journal *journal;
@@ -211,11 +212,11 @@ struct worker {
 	size_t seg_cap;
 
 	/* outbound delivery (worker_out.c) */
-	uint64_t wall_ms;	/* wall clock, once per turn: recipients' next attempts */
+	uint64_t wall_ms; /* wall clock, once per turn: recipients' next attempts */
 	struct sched *sched;
 	struct dns *dns;
 	struct connlimit *dest_limits;
-	struct sched_dest **blocked;	/* waiting for a connection slot another worker holds */
+	struct sched_dest **blocked; /* waiting for a connection slot another worker holds */
 	size_t blocked_count, blocked_cap;
 	struct oconn *oconns;
 	unsigned *ofree, ofree_count;
@@ -228,10 +229,10 @@ struct worker {
 void worker_return_buffer(struct worker *w, unsigned bid);
 const uint8_t *worker_buffer(const struct worker *w, unsigned bid);
 struct queue_message *worker_store_message(struct worker *w, uint64_t id,
-					   const struct queue_envelope *qe, const uint8_t *body,
-					   size_t body_len, int64_t *batch);
+                                           const struct queue_envelope *qe, const uint8_t *body,
+                                           size_t body_len, int64_t *batch);
 void worker_journal_record(struct worker *w, enum journal_rec_type type, const struct iovec *iov,
-			   unsigned n);
+                           unsigned n);
 void worker_queue_remove(struct worker *w, struct queue_message *m);
 void worker_queue_moved(struct worker *w, struct queue_message *m, const struct journal_loc *loc);
 

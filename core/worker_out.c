@@ -17,7 +17,7 @@
 #include "core/worker_impl.h"
 #include "queue/dsn.h"
 
-#define OUT_REPLY_TIMEOUT_MS (5 * 60 * 1000)	/* RFC 5321 §4.5.3.2: minutes per reply */
+#define OUT_REPLY_TIMEOUT_MS (5 * 60 * 1000) /* RFC 5321 §4.5.3.2: minutes per reply */
 #define OUT_RECORD_SCRATCH   (QUEUE_TEXT_MAX + 64 * 1024)
 
 static uint32_t
@@ -105,12 +105,12 @@ out_expired(const struct worker *w, const struct queue_message *m)
 }
 
 struct out_result {
-	unsigned idx;		/* recipient index in the message */
+	unsigned idx; /* recipient index in the message */
 	unsigned code;
-	const char *status;	/* "5.1.1" */
-	const char *text;	/* the reply line(s) */
-	const char *relay;	/* the next hop's name (Remote-MTA), NULL when none was reached */
-	const char *addr;	/* its address and port, NULL likewise */
+	const char *status; /* "5.1.1" */
+	const char *text;   /* the reply line(s) */
+	const char *relay;  /* the next hop's name (Remote-MTA), NULL when none was reached */
+	const char *addr;   /* its address and port, NULL likewise */
 };
 
 /* "550 5.1.1 text" -> "5.1.1"; else the class's generic status. */
@@ -129,7 +129,7 @@ out_status_of(const char *error, char status[SMTP_CLIENT_STATUS_MAX])
 /* reply: the outcome's text (res->text may point at the error the outcome just replaced) */
 static void
 out_log_outcome(struct worker *w, const struct queue_message *m, const struct queue_rcpt *r,
-		enum out_outcome o, const struct out_result *res, const char *reply)
+                enum out_outcome o, const struct out_result *res, const char *reply)
 {
 	struct log_line *l = log_begin(CONFIG_LOG_INFO, m->id_text, out_outcome_names[o]);
 	char status[SMTP_CLIENT_STATUS_MAX];
@@ -151,13 +151,13 @@ out_log_outcome(struct worker *w, const struct queue_message *m, const struct qu
 /* Journals the outcome (no sync of its own: a crash may repeat a delivery, never lose one). */
 static void
 out_record(struct worker *w, const struct queue_message *m, enum journal_rec_type type,
-	   const unsigned *idx, unsigned n, uint32_t attempts, uint64_t next_ms, const char *error)
+           const unsigned *idx, unsigned n, uint32_t attempts, uint64_t next_ms, const char *error)
 {
 	uint8_t scratch[OUT_RECORD_SCRATCH];
 	struct iovec iov[2];
 
 	int k = queue_record_encode_outcome(m->id, type, idx, n, attempts, next_ms, error, scratch,
-					    sizeof(scratch), iov);
+	                                    sizeof(scratch), iov);
 	if (k > 0)
 		worker_journal_record(w, type, iov, (unsigned)k);
 }
@@ -178,14 +178,14 @@ out_apply(struct worker *w, struct queue_message *m, const struct out_result *re
 	} else if (out_expired(w, m)) {
 		o = OUT_BOUNCED;
 		snprintf(error, sizeof(error), "451 4.4.7 Message expired, last reply: %.900s",
-			 res->text);
+		         res->text);
 	} else {
 		o = OUT_DEFERRED;
 	}
 	static const enum queue_rcpt_state states[] = {QUEUE_RCPT_DELIVERED, QUEUE_RCPT_PENDING,
-						       QUEUE_RCPT_BOUNCED};
+	                                               QUEUE_RCPT_BOUNCED};
 	static const enum journal_rec_type types[] = {JOURNAL_REC_DELIVERED, JOURNAL_REC_DEFERRED,
-						      JOURNAL_REC_BOUNCED};
+	                                              JOURNAL_REC_BOUNCED};
 	uint64_t next = o == OUT_DEFERRED ? w->wall_ms + out_retry_ms(w, attempts) : 0;
 	out_record(w, m, types[o], &res->idx, 1, attempts, next, error);
 	queue_rcpt_outcome(w->queue, m, res->idx, states[o], attempts, next, error);
@@ -197,7 +197,6 @@ out_apply(struct worker *w, struct queue_message *m, const struct out_result *re
 	w->stats.rcpts_bounced += o == OUT_BOUNCED;
 	return o;
 }
-
 
 /*
  * The ESMTP parameter key in params (as stored: "KEY[=value]" words): true when
@@ -264,7 +263,7 @@ out_body(struct worker *w, const struct queue_message *m, uint8_t **owned)
  */
 static void
 out_bounce(struct worker *w, const struct queue_message *m, const struct dsn_rcpt *rcpts,
-	   unsigned n)
+           unsigned n)
 {
 	if (!dsn_should_bounce(m->sender)) {
 		struct log_line *l = log_begin(CONFIG_LOG_WARNING, m->id_text, "double-bounce");
@@ -276,9 +275,9 @@ out_bounce(struct worker *w, const struct queue_message *m, const struct dsn_rcp
 	const uint8_t *body = out_body(w, m, &owned);
 	char ret[8], envid_x[SMTP_CLIENT_ENVID_MAX * 3 + 1], envid[SMTP_CLIENT_ENVID_MAX + 1];
 	bool has_envid = out_param(m->sender_params, "ENVID", envid_x, sizeof(envid_x)) &&
-			 address_xtext_decode(envid_x, strlen(envid_x), envid, sizeof(envid)) >= 0;
-	bool full = out_param(m->sender_params, "RET", ret, sizeof(ret)) &&
-		    strcasecmp(ret, "FULL") == 0;
+	                 address_xtext_decode(envid_x, strlen(envid_x), envid, sizeof(envid)) >= 0;
+	bool full =
+	    out_param(m->sender_params, "RET", ret, sizeof(ret)) && strcasecmp(ret, "FULL") == 0;
 	char id_text[QUEUE_ID_LEN + 1], date[64];
 	uint64_t id = queue_next_id(w->queue, w->wall_ms * 1000, id_text);
 	time_t now = (time_t)(w->wall_ms / 1000);
@@ -289,43 +288,46 @@ out_bounce(struct worker *w, const struct queue_message *m, const struct dsn_rcp
 	strbuf_init(&sb, DSN_OUTPUT_MAX + SMTP_RECEIVED_MAX);
 	/* the report starts its life here: its trace header says so (RFC 5321 §4.4) */
 	strbuf_printf(&sb, "Received: by %s (ringmx) id %s; %s\r\n", w->cfg->hostname, id_text,
-		      date);
+	              date);
 	struct dsn_report rep = {
-		.hostname = w->cfg->hostname,
-		.queue_id = m->id_text,
-		.sender = m->sender,
-		.arrival = (time_t)(m->arrival_ms / 1000),
-		.date = (time_t)(w->wall_ms / 1000),
-		.seq = w->dsn_seq++,
-		.envid = has_envid ? envid : NULL,
-		.ret = full ? DSN_RET_FULL : DSN_RET_HDRS,
-		.message = body != NULL ? (const char *)body : "",
-		.message_len = body != NULL ? m->body_len : 0,
-		.rcpts = rcpts,
-		.rcpt_count = n,
+	    .hostname = w->cfg->hostname,
+	    .queue_id = m->id_text,
+	    .sender = m->sender,
+	    .arrival = (time_t)(m->arrival_ms / 1000),
+	    .date = (time_t)(w->wall_ms / 1000),
+	    .seq = w->dsn_seq++,
+	    .envid = has_envid ? envid : NULL,
+	    .ret = full ? DSN_RET_FULL : DSN_RET_HDRS,
+	    .message = body != NULL ? (const char *)body : "",
+	    .message_len = body != NULL ? m->body_len : 0,
+	    .rcpts = rcpts,
+	    .rcpt_count = n,
 	};
 	int r = dsn_build(&sb, &rep);
 	free(owned);
 	if (r != 0) {
 		log_msg(CONFIG_LOG_ERROR, "%s: cannot build the bounce: %s", m->id_text,
-			strerror(-r));
+		        strerror(-r));
 		strbuf_free(&sb);
 		return;
 	}
 	const char *rcpt = m->sender, *params = "";
 	struct queue_envelope qe = {
-		.sender = "",
-		.sender_params = "",
-		.rcpt_addresses = &rcpt,
-		.rcpt_params = &params,
-		.rcpt_count = 1,
-		.origin = {.client_addr = "127.0.0.1", .client_name = w->cfg->hostname,
-			   .protocol = "local", .tls_version = "", .auth_user = ""},
-		.arrival_ms = w->wall_ms,
+	    .sender = "",
+	    .sender_params = "",
+	    .rcpt_addresses = &rcpt,
+	    .rcpt_params = &params,
+	    .rcpt_count = 1,
+	    .origin = {.client_addr = "127.0.0.1",
+	               .client_name = w->cfg->hostname,
+	               .protocol = "local",
+	               .tls_version = "",
+	               .auth_user = ""},
+	    .arrival_ms = w->wall_ms,
 	};
 	int64_t batch;
 	struct queue_message *b =
-		worker_store_message(w, id, &qe, (const uint8_t *)sb.data, sb.len, &batch);
+	    worker_store_message(w, id, &qe, (const uint8_t *)sb.data, sb.len, &batch);
 	strbuf_free(&sb);
 	struct log_line *l = log_begin(CONFIG_LOG_INFO, m->id_text, "bounce");
 	log_str(l, "dsn_id", b != NULL ? id_text : "none (queue full)");
@@ -336,7 +338,8 @@ out_bounce(struct worker *w, const struct queue_message *m, const struct dsn_rcp
 		out_schedule(w, b);
 }
 
-/* A message with no pending recipient leaves the queue (and, by its DELETED record, the journal). */
+/* A message with no pending recipient leaves the queue (and, by its DELETED record, the journal).
+ */
 static void
 out_finish(struct worker *w, struct queue_message *m)
 {
@@ -357,8 +360,8 @@ out_finish(struct worker *w, struct queue_message *m)
  * could not take NOTIFY over), and finishes the message.
  */
 static void
-out_results(struct worker *w, struct queue_message *m, const struct out_result *res,
-	    unsigned n, bool peer_dsn)
+out_results(struct worker *w, struct queue_message *m, const struct out_result *res, unsigned n,
+            bool peer_dsn)
 {
 	struct dsn_rcpt *report = calloc(n, sizeof(*report));
 	char(*status)[SMTP_CLIENT_STATUS_MAX] = calloc(n, sizeof(*status));
@@ -371,23 +374,24 @@ out_results(struct worker *w, struct queue_message *m, const struct out_result *
 		if (report == NULL || status == NULL || orcpt == NULL || o == OUT_DEFERRED)
 			continue;
 		if (o == OUT_BOUNCED ? !out_notify(r->params, "FAILURE")
-				     : peer_dsn || !out_notify(r->params, "SUCCESS"))
+		                     : peer_dsn || !out_notify(r->params, "SUCCESS"))
 			continue;
 		char x[SMTP_CLIENT_ORCPT_MAX * 3 + 1];
-		bool has_orcpt = out_param(r->params, "ORCPT", x, sizeof(x)) &&
-				 address_xtext_decode(x, strlen(x), orcpt[nr], sizeof(orcpt[nr])) >= 0;
+		bool has_orcpt =
+		    out_param(r->params, "ORCPT", x, sizeof(x)) &&
+		    address_xtext_decode(x, strlen(x), orcpt[nr], sizeof(orcpt[nr])) >= 0;
 		if (o == OUT_BOUNCED)
 			out_status_of(r->last_error, status[nr]);
 		else
 			snprintf(status[nr], sizeof(status[nr]), "2.0.0");
 		report[nr] = (struct dsn_rcpt){
-			.final_recipient = r->address,
-			.original_recipient = has_orcpt ? orcpt[nr] : NULL,
-			.action = o == OUT_BOUNCED ? DSN_ACTION_FAILED : DSN_ACTION_RELAYED,
-			.status = status[nr],
-			.remote_mta = res[i].relay,
-			.diagnostic = o == OUT_BOUNCED ? r->last_error : res[i].text,
-			.last_attempt = (time_t)(w->wall_ms / 1000),
+		    .final_recipient = r->address,
+		    .original_recipient = has_orcpt ? orcpt[nr] : NULL,
+		    .action = o == OUT_BOUNCED ? DSN_ACTION_FAILED : DSN_ACTION_RELAYED,
+		    .status = status[nr],
+		    .remote_mta = res[i].relay,
+		    .diagnostic = o == OUT_BOUNCED ? r->last_error : res[i].text,
+		    .last_attempt = (time_t)(w->wall_ms / 1000),
 		};
 		nr++;
 	}
@@ -423,10 +427,10 @@ out_expire(struct worker *w, struct queue_message *m)
 		if (r->state != QUEUE_RCPT_PENDING || r->next_attempt_ms == QUEUE_IN_FLIGHT)
 			continue;
 		res[n++] = (struct out_result){
-			.idx = i,
-			.code = 451,
-			.status = "4.4.7",
-			.text = r->last_error != NULL ? r->last_error : "451 4.4.7 never attempted",
+		    .idx = i,
+		    .code = 451,
+		    .status = "4.4.7",
+		    .text = r->last_error != NULL ? r->last_error : "451 4.4.7 never attempted",
 		};
 	}
 	out_results(w, m, res, n, false);
@@ -456,7 +460,8 @@ out_schedule(struct worker *w, struct queue_message *m)
 	}
 	for (unsigned i = 0; i < m->rcpt_count; i++) {
 		struct queue_rcpt *r = &m->rcpts[i];
-		if (taken[i] || r->state != QUEUE_RCPT_PENDING || r->next_attempt_ms == QUEUE_IN_FLIGHT)
+		if (taken[i] || r->state != QUEUE_RCPT_PENDING ||
+		    r->next_attempt_ms == QUEUE_IN_FLIGHT)
 			continue;
 		if (r->next_attempt_ms > w->wall_ms) {
 			later = r->next_attempt_ms < later ? r->next_attempt_ms : later;
@@ -468,7 +473,8 @@ out_schedule(struct worker *w, struct queue_message *m)
 		for (unsigned k = i; k < m->rcpt_count; k++) {
 			struct queue_rcpt *rk = &m->rcpts[k];
 			if (taken[k] || rk->state != QUEUE_RCPT_PENDING ||
-			    rk->next_attempt_ms == QUEUE_IN_FLIGHT || rk->next_attempt_ms > w->wall_ms)
+			    rk->next_attempt_ms == QUEUE_IN_FLIGHT ||
+			    rk->next_attempt_ms > w->wall_ms)
 				continue;
 			sched_route_for(w->cfg, out_domain_of(rk->address), &other);
 			if (strcmp(route.key, other.key) == 0) {
@@ -495,7 +501,7 @@ out:
 /* A job that will not be tried now: each recipient gets `code` (deferred or bounced by it). */
 static void
 out_fail_job(struct worker *w, struct sched_job *job, unsigned code, const char *text,
-	      const char *relay)
+             const char *relay)
 {
 	struct queue_message *m = queue_find(w->queue, job->id);
 
@@ -504,8 +510,10 @@ out_fail_job(struct worker *w, struct sched_job *job, unsigned code, const char 
 		if (res != NULL) {
 			for (unsigned i = 0; i < job->rcpt_count; i++) {
 				m->rcpts[job->rcpt[i]].next_attempt_ms = 0;
-				res[i] = (struct out_result){.idx = job->rcpt[i], .code = code,
-							     .text = text, .relay = relay};
+				res[i] = (struct out_result){.idx = job->rcpt[i],
+				                             .code = code,
+				                             .text = text,
+				                             .relay = relay};
 			}
 			out_results(w, m, res, job->rcpt_count, false);
 			free(res);
@@ -516,7 +524,7 @@ out_fail_job(struct worker *w, struct sched_job *job, unsigned code, const char 
 
 static void
 out_fail_dest(struct worker *w, struct sched_dest *d, unsigned code, const char *text,
-	       const char *relay)
+              const char *relay)
 {
 	struct sched_job *job;
 
@@ -648,10 +656,11 @@ out_peer_text(const struct sockaddr_storage *ss, char *buf, size_t cap)
 {
 	char a[INET6_ADDRSTRLEN];
 	const void *p = ss->ss_family == AF_INET6
-				? (const void *)&((const struct sockaddr_in6 *)ss)->sin6_addr
-				: (const void *)&((const struct sockaddr_in *)ss)->sin_addr;
-	uint16_t port = ntohs(ss->ss_family == AF_INET6 ? ((const struct sockaddr_in6 *)ss)->sin6_port
-						       : ((const struct sockaddr_in *)ss)->sin_port);
+	                    ? (const void *)&((const struct sockaddr_in6 *)ss)->sin6_addr
+	                    : (const void *)&((const struct sockaddr_in *)ss)->sin_addr;
+	uint16_t port =
+	    ntohs(ss->ss_family == AF_INET6 ? ((const struct sockaddr_in6 *)ss)->sin6_port
+	                                    : ((const struct sockaddr_in *)ss)->sin_port);
 
 	if (inet_ntop(ss->ss_family, p, a, sizeof(a)) == NULL)
 		snprintf(a, sizeof(a), "?");
@@ -674,8 +683,8 @@ out_connect(struct worker *w, struct oconn *oc)
 		out_peer_text(ss, oc->peer_text, sizeof(oc->peer_text));
 		struct io_uring_sqe *sqe = worker_sqe(w);
 		io_uring_prep_connect(sqe, fd, (const struct sockaddr *)ss,
-				      ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-								: sizeof(struct sockaddr_in));
+		                      ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+		                                                : sizeof(struct sockaddr_in));
 		io_uring_sqe_set_data64(sqe, ud_pack(OP_OUT_CONNECT, oc->gen, oconn_slot(w, oc)));
 		oc->inflight++;
 		oc->deadline_ms = w->now_ms + OUT_CONNECT_TIMEOUT_MS;
@@ -772,9 +781,10 @@ out_dns_done(void *arg, const struct dns_mx_result *r)
 	struct log_line *l = log_begin(CONFIG_LOG_WARNING, NULL, "destination-failed");
 	log_str(l, "dest", d->route.key);
 	/* an answer that never came has no DNSSEC state to speak of */
-	log_str(l, "dnssec", r->status == DNS_TEMPFAIL && r->security != DNS_BOGUS
-				     ? "unknown"
-				     : dns_security_name(r->security));
+	log_str(l, "dnssec",
+	        r->status == DNS_TEMPFAIL && r->security != DNS_BOGUS
+	            ? "unknown"
+	            : dns_security_name(r->security));
 	log_str(l, "reason", reason);
 	log_end(l);
 	out_code_of(reason, &code);
@@ -794,12 +804,12 @@ out_dns_setup(struct worker *w, char *err, size_t err_len)
 	for (unsigned i = 0; i < cfg->dns_forward_count; i++)
 		forward[i] = cfg->dns_forward[i];
 	struct dns_params p = {
-		.forward = forward,
-		.forward_count = cfg->dns_forward_count,
-		.trust_anchor_file = cfg->dns_trust_anchor_file,
-		.dnssec = cfg->dns_dnssec,
-		.unbound_config = cfg->dns_unbound_config,
-		.hosts_file = cfg->dns_hosts_file,
+	    .forward = forward,
+	    .forward_count = cfg->dns_forward_count,
+	    .trust_anchor_file = cfg->dns_trust_anchor_file,
+	    .dnssec = cfg->dns_dnssec,
+	    .unbound_config = cfg->dns_unbound_config,
+	    .hosts_file = cfg->dns_hosts_file,
 	};
 	w->dns = dns_new(&p, err, err_len);
 	if (w->dns == NULL)
@@ -831,7 +841,7 @@ out_block(struct worker *w, struct sched_dest *d)
 		size_t cap = w->blocked_cap ? 2 * w->blocked_cap : 16;
 		struct sched_dest **p = realloc(w->blocked, cap * sizeof(*p));
 		if (p == NULL)
-			return;	/* it runs again when one of our own connections to it ends */
+			return; /* it runs again when one of our own connections to it ends */
 		w->blocked = p;
 		w->blocked_cap = cap;
 	}
@@ -856,11 +866,11 @@ out_open(struct worker *w, struct sched_dest *d)
 	d->active++;
 	d->opening++;
 	struct smtp_client_params p = {
-		.helo_name = cfg->hostname,
-		.tls_mode = SMTP_CLIENT_TLS_NONE,	/* STARTTLS comes with the TLS issue */
-		.reply_line_max = SMTP_CLIENT_REPLY_LINE_CAP,
-		.reply_lines_max = 100,
-		.rcpt_count_max = cfg->limits_max_recipients,
+	    .helo_name = cfg->hostname,
+	    .tls_mode = SMTP_CLIENT_TLS_NONE, /* STARTTLS comes with the TLS issue */
+	    .reply_line_max = SMTP_CLIENT_REPLY_LINE_CAP,
+	    .reply_lines_max = 100,
+	    .rcpt_count_max = cfg->limits_max_recipients,
 	};
 	oc->smtp = smtp_client_new(&p);
 	if (oc->smtp == NULL) {
@@ -868,19 +878,20 @@ out_open(struct worker *w, struct sched_dest *d)
 		return false;
 	}
 	oc->w = w;
-	if (d->route.kind == CONFIG_ROUTE_HOST && out_literal(&d->route, d->route.port, &oc->addrs[0])) {
+	if (d->route.kind == CONFIG_ROUTE_HOST &&
+	    out_literal(&d->route, d->route.port, &oc->addrs[0])) {
 		snprintf(oc->hosts[0], sizeof(oc->hosts[0]), "%s", d->route.host);
 		oc->addr_count = 1;
 		oc->security = DNS_INSECURE;
 		return out_connect(w, oc);
 	}
 	int id = d->route.kind == CONFIG_ROUTE_HOST
-			 ? dns_resolve_host(w->dns, d->route.host, out_dns_done, oc)
-			 : dns_resolve_mx(w->dns, d->route.host, out_dns_done, oc);
+	             ? dns_resolve_host(w->dns, d->route.host, out_dns_done, oc)
+	             : dns_resolve_mx(w->dns, d->route.host, out_dns_done, oc);
 	if (id < 0) {
 		char text[128];
 		snprintf(text, sizeof(text), "451 4.4.3 cannot look up %s: %s", d->route.host,
-			 dns_strerror(id));
+		         dns_strerror(id));
 		oconn_close(w, oc, text);
 		out_fail_dest(w, d, 451, text, NULL);
 		return false;
@@ -1067,13 +1078,13 @@ static void out_next(struct worker *w, struct oconn *oc);
 /* The results of the connection's job, as the engine gives them. */
 static void
 out_job_done(struct worker *w, struct oconn *oc, const struct smtp_client_reply *results,
-	     unsigned n)
+             unsigned n)
 {
 	struct sched_job *job = oc->job;
 	struct queue_message *m = queue_find(w->queue, job->id);
 	struct out_result *res = calloc(job->rcpt_count, sizeof(*res));
-	const char *relay = oc->addr_next > 0 ? oc->hosts[oc->addr_host[oc->addr_next - 1]]
-					      : oc->dest->route.host;
+	const char *relay =
+	    oc->addr_next > 0 ? oc->hosts[oc->addr_host[oc->addr_next - 1]] : oc->dest->route.host;
 
 	assert(n == job->rcpt_count);
 	oc->job = NULL;
@@ -1083,11 +1094,11 @@ out_job_done(struct worker *w, struct oconn *oc, const struct smtp_client_reply 
 		for (unsigned i = 0; i < n; i++) {
 			m->rcpts[job->rcpt[i]].next_attempt_ms = 0;
 			res[i] = (struct out_result){.idx = job->rcpt[i],
-						     .code = results[i].code,
-						     .status = results[i].status,
-						     .text = results[i].text,
-						     .relay = relay,
-						     .addr = oc->peer_text};
+			                             .code = results[i].code,
+			                             .status = results[i].status,
+			                             .text = results[i].text,
+			                             .relay = relay,
+			                             .addr = oc->peer_text};
 		}
 		out_results(w, m, res, n, (smtp_client_caps(oc->smtp) & SMTP_CLIENT_CAP_DSN) != 0);
 	}
@@ -1139,7 +1150,7 @@ out_start(struct worker *w, struct oconn *oc, struct sched_job *job)
 	struct smtp_client_event ev = {0};
 
 	oc->job = job;
-	if (m == NULL) {	/* deleted meanwhile */
+	if (m == NULL) { /* deleted meanwhile */
 		free(job);
 		oc->job = NULL;
 		return false;
@@ -1160,32 +1171,34 @@ out_start(struct worker *w, struct oconn *oc, struct sched_job *job)
 	for (unsigned i = 0; i < job->rcpt_count; i++) {
 		const struct queue_rcpt *r = &m->rcpts[job->rcpt[i]];
 		rc[i] = (struct smtp_client_rcpt){
-			.address = r->address,
-			.notify = out_param(r->params, "NOTIFY", dsn[i].notify, sizeof(dsn[i].notify))
-					  ? dsn[i].notify
-					  : NULL,
-			.orcpt = out_param(r->params, "ORCPT", dsn[i].orcpt, sizeof(dsn[i].orcpt))
-					 ? dsn[i].orcpt
-					 : NULL,
+		    .address = r->address,
+		    .notify = out_param(r->params, "NOTIFY", dsn[i].notify, sizeof(dsn[i].notify))
+		                  ? dsn[i].notify
+		                  : NULL,
+		    .orcpt = out_param(r->params, "ORCPT", dsn[i].orcpt, sizeof(dsn[i].orcpt))
+		                 ? dsn[i].orcpt
+		                 : NULL,
 		};
 	}
 	struct smtp_client_txn t = {
-		.sender = m->sender,
-		.ret = out_param(m->sender_params, "RET", oc->ret, sizeof(oc->ret)) ? oc->ret : NULL,
-		.envid = out_param(m->sender_params, "ENVID", oc->envid, sizeof(oc->envid)) ? oc->envid
-											   : NULL,
-		.rcpts = rc,
-		.rcpt_count = job->rcpt_count,
-		.body = body,
-		.body_len = m->body_len,
-		.body_8bit = out_param(m->sender_params, "BODY", oc->body_type, sizeof(oc->body_type)) &&
-			     strcmp(oc->body_type, "8BITMIME") == 0,
-		.smtputf8 = out_param(m->sender_params, "SMTPUTF8", NULL, 0),
+	    .sender = m->sender,
+	    .ret = out_param(m->sender_params, "RET", oc->ret, sizeof(oc->ret)) ? oc->ret : NULL,
+	    .envid = out_param(m->sender_params, "ENVID", oc->envid, sizeof(oc->envid)) ? oc->envid
+	                                                                                : NULL,
+	    .rcpts = rc,
+	    .rcpt_count = job->rcpt_count,
+	    .body = body,
+	    .body_len = m->body_len,
+	    .body_8bit =
+	        out_param(m->sender_params, "BODY", oc->body_type, sizeof(oc->body_type)) &&
+	        strcmp(oc->body_type, "8BITMIME") == 0,
+	    .smtputf8 = out_param(m->sender_params, "SMTPUTF8", NULL, 0),
 	};
 	int r = smtp_client_send(oc->smtp, &t, &ev);
 	if (r != 0) {
 		char text[128];
-		snprintf(text, sizeof(text), "554 5.3.0 cannot send this message: %s", strerror(-r));
+		snprintf(text, sizeof(text), "554 5.3.0 cannot send this message: %s",
+		         strerror(-r));
 		struct smtp_client_reply *fail = calloc(job->rcpt_count, sizeof(*fail));
 		for (unsigned i = 0; fail != NULL && i < job->rcpt_count; i++) {
 			fail[i].code = 554;
@@ -1272,7 +1285,7 @@ out_expire_conn(struct worker *w, struct oconn *oc)
 	if (oc->connecting) {
 		out_conn_failed(w, oc, "connection timed out");
 	} else if (oc->job == NULL && smtp_client_state(oc->smtp) == SMTP_CLIENT_READY) {
-		out_quit(w, oc);	/* idle for OUT_IDLE_MS */
+		out_quit(w, oc); /* idle for OUT_IDLE_MS */
 	} else {
 		smtp_client_abort(oc->smtp, SMTP_CLIENT_ABORT_TIMEOUT, &ev);
 		out_event(w, oc, &ev);
@@ -1305,7 +1318,7 @@ out_tick(struct worker *w)
 		if (!oc->used || oc->closing)
 			continue;
 		if (grace_over)
-			oconn_close(w, oc, "451 4.3.2 shutting down");	/* its job is deferred */
+			oconn_close(w, oc, "451 4.3.2 shutting down"); /* its job is deferred */
 		else if (w->now_ms >= oc->deadline_ms)
 			out_expire_conn(w, oc);
 	}
@@ -1355,28 +1368,31 @@ out_rewrite(struct worker *w, struct queue_message *m)
 		params[i] = m->rcpts[i].params;
 	}
 	struct queue_envelope qe = {
-		.sender = m->sender,
-		.sender_params = m->sender_params,
-		.rcpt_addresses = addrs,
-		.rcpt_params = params,
-		.rcpt_count = m->rcpt_count,
-		.origin = {.client_addr = m->client_addr, .client_name = m->client_name,
-			   .protocol = m->protocol, .tls_version = m->tls_version,
-			   .auth_user = m->auth_user},
-		.arrival_ms = m->arrival_ms,
+	    .sender = m->sender,
+	    .sender_params = m->sender_params,
+	    .rcpt_addresses = addrs,
+	    .rcpt_params = params,
+	    .rcpt_count = m->rcpt_count,
+	    .origin = {.client_addr = m->client_addr,
+	               .client_name = m->client_name,
+	               .protocol = m->protocol,
+	               .tls_version = m->tls_version,
+	               .auth_user = m->auth_user},
+	    .arrival_ms = m->arrival_ms,
 	};
 	int n = queue_record_encode(m->id, &qe, body, m->body_len, w->record_scratch,
-				    RECORD_SCRATCH, iov);
-	r = n < 0 ? n : (int)journal_append(w->journal, JOURNAL_REC_MESSAGE, iov, (unsigned)n, &loc);
+	                            RECORD_SCRATCH, iov);
+	r = n < 0 ? n
+	          : (int)journal_append(w->journal, JOURNAL_REC_MESSAGE, iov, (unsigned)n, &loc);
 	if (r < 0)
 		goto out;
 	worker_queue_moved(w, m, &loc);
 	for (unsigned i = 0; i < m->rcpt_count; i++) {
 		const struct queue_rcpt *rc = &m->rcpts[i];
 		static const enum journal_rec_type types[] = {
-			[QUEUE_RCPT_PENDING] = JOURNAL_REC_DEFERRED,
-			[QUEUE_RCPT_DELIVERED] = JOURNAL_REC_DELIVERED,
-			[QUEUE_RCPT_BOUNCED] = JOURNAL_REC_BOUNCED,
+		    [QUEUE_RCPT_PENDING] = JOURNAL_REC_DEFERRED,
+		    [QUEUE_RCPT_DELIVERED] = JOURNAL_REC_DELIVERED,
+		    [QUEUE_RCPT_BOUNCED] = JOURNAL_REC_BOUNCED,
 		};
 		if (rc->state == QUEUE_RCPT_PENDING && rc->attempts == 0)
 			continue;
@@ -1413,18 +1429,18 @@ out_resolve_print(struct out_resolve *q)
 {
 	const struct dns_mx_result *mx = &q->mx;
 	struct strbuf *sb = &q->r->out;
-	static const char *const status[] = {[DNS_OK] = "ok", [DNS_TEMPFAIL] = "tempfail",
-					     [DNS_PERMFAIL] = "permfail"};
+	static const char *const status[] = {
+	    [DNS_OK] = "ok", [DNS_TEMPFAIL] = "tempfail", [DNS_PERMFAIL] = "permfail"};
 
 	strbuf_printf(sb, "domain %s status %s dnssec %s mx-dnssec %s%s\n", q->r->arg,
-		      status[mx->status], dns_security_name(mx->security),
-		      dns_security_name(mx->mx_security), mx->implicit ? " (implicit MX)" : "");
+	              status[mx->status], dns_security_name(mx->security),
+	              dns_security_name(mx->mx_security), mx->implicit ? " (implicit MX)" : "");
 	if (mx->reason[0])
 		strbuf_printf(sb, "reason %s\n", mx->reason);
 	for (unsigned h = 0; h < mx->host_count; h++) {
 		const struct dns_host *host = &mx->hosts[h];
 		strbuf_printf(sb, "mx %u %s dnssec %s addresses", host->pref, host->name,
-			      dns_security_name(host->security));
+		              dns_security_name(host->security));
 		for (unsigned a = 0; a < host->addr_count; a++) {
 			char text[INET6_ADDRSTRLEN];
 			inet_ntop(host->addrs[a].family, host->addrs[a].bytes, text, sizeof(text));
@@ -1434,14 +1450,15 @@ out_resolve_print(struct out_resolve *q)
 			strbuf_puts(sb, " none (not used)");
 		const struct dns_tlsa_result *t = &q->tlsa[h];
 		strbuf_printf(sb, "\n  tlsa _%u._tcp.%s dnssec %s:", q->w->cfg->outbound_port,
-			      host->name, dns_security_name(t->security));
+		              host->name, dns_security_name(t->security));
 		for (unsigned i = 0; i < t->count; i++) {
 			strbuf_printf(sb, " %u %u %u ", t->records[i].usage, t->records[i].selector,
-				      t->records[i].mtype);
+			              t->records[i].mtype);
 			for (unsigned k = 0; k < t->records[i].data_len; k++)
 				strbuf_printf(sb, "%02x", t->records[i].data[k]);
 		}
-		strbuf_printf(sb, "%s%s\n", t->count == 0 ? " none " : "", t->count == 0 ? t->reason : "");
+		strbuf_printf(sb, "%s%s\n", t->count == 0 ? " none " : "",
+		              t->count == 0 ? t->reason : "");
 	}
 }
 
@@ -1487,7 +1504,7 @@ out_resolve_mx_done(void *arg, const struct dns_mx_result *mx)
 		snprintf(q->tlsa[h].reason, sizeof(q->tlsa[h].reason), "not looked up");
 		q->pending++;
 		if (dns_resolve_tlsa(q->w->dns, mx->hosts[h].name, q->w->cfg->outbound_port,
-				     out_resolve_tlsa_done, qt) < 0) {
+		                     out_resolve_tlsa_done, qt) < 0) {
 			q->pending--;
 			free(qt);
 		}

@@ -196,7 +196,7 @@ dsn_break(struct strbuf *out, size_t col, const char *s, size_t n, bool header)
 			strbuf_append(out, "\r\n", 2);
 			col = 0;
 			if (!header) {
-				cut++;	/* the space the line was broken at */
+				cut++; /* the space the line was broken at */
 			}
 		}
 		s += cut;

@@ -73,7 +73,7 @@ struct journal {
 	uint64_t next_batch;
 	uint64_t durable_batch;
 	uint64_t disk_bytes;
-	uint64_t oldest_segment;	/* no segment below it is on disk */
+	uint64_t oldest_segment; /* no segment below it is on disk */
 	journal_report_fn report;
 	void *report_arg;
 };
@@ -925,7 +925,7 @@ journal_segment_delete(struct journal *j, uint64_t segment)
 	if (fstatat(j->dirfd, name, &st, 0) < 0 || unlinkat(j->dirfd, name, 0) < 0) {
 		int e = errno;
 		if (e == ENOENT && segment == j->oldest_segment)
-			j->oldest_segment++;	/* a gap left by replay (quarantined, empty) */
+			j->oldest_segment++; /* a gap left by replay (quarantined, empty) */
 		return -e;
 	}
 	if (segment == j->oldest_segment)

@@ -16,7 +16,7 @@ struct sched_wakeup {
 };
 
 struct sched {
-	struct sched_wakeup *heap;	/* min-heap on at_ms */
+	struct sched_wakeup *heap; /* min-heap on at_ms */
 	size_t heap_len, heap_cap;
 	struct sched_dest *buckets[SCHED_BUCKETS];
 	unsigned dest_count;
@@ -54,7 +54,8 @@ sched_route_match(const struct config *cfg, const char *domain)
 {
 	const struct config_route *star = NULL;
 
-	for (const char *d = domain; d != NULL && *d; d = strchr(d, '.') ? strchr(d, '.') + 1 : NULL) {
+	for (const char *d = domain; d != NULL && *d;
+	     d = strchr(d, '.') ? strchr(d, '.') + 1 : NULL) {
 		for (unsigned i = 0; i < cfg->route_count; i++) {
 			if (address_domain_equal(cfg->routes[i].domain, d))
 				return &cfg->routes[i];
@@ -82,7 +83,7 @@ sched_route_for(const struct config *cfg, const char *domain, struct sched_route
 	} else {
 		snprintf(out->host, sizeof(out->host), "%s", r->host);
 		snprintf(out->key, sizeof(out->key), "%s%s:%u",
-			 out->kind == CONFIG_ROUTE_HOST_MX ? "mx:" : "", out->host, out->port);
+		         out->kind == CONFIG_ROUTE_HOST_MX ? "mx:" : "", out->host, out->port);
 	}
 }
 
@@ -159,7 +160,7 @@ sched_next_wake(const struct sched *s)
 static unsigned
 sched_hash(const char *key)
 {
-	uint32_t h = 2166136261u;	/* FNV-1a */
+	uint32_t h = 2166136261u; /* FNV-1a */
 
 	for (const unsigned char *p = (const unsigned char *)key; *p; p++)
 		h = (h ^ *p) * 16777619u;
@@ -189,7 +190,7 @@ sched_dest(struct sched *s, const struct sched_route *route)
 
 int
 sched_job_add(struct sched *s, struct sched_dest *d, uint64_t id, const unsigned *rcpt,
-	      unsigned rcpt_count)
+              unsigned rcpt_count)
 {
 	assert(rcpt_count > 0);
 	struct sched_job *j = malloc(sizeof(*j) + rcpt_count * sizeof(j->rcpt[0]));

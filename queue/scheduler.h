@@ -16,17 +16,17 @@
 
 #include "core/config.h"
 
-#define SCHED_DEST_MAX	     65536	/* destinations known at once per worker */
-#define SCHED_WAKE_MAX	     (16u * 1024 * 1024)	/* pending wake-ups per worker */
-#define SCHED_KEY_MAX	     (CONFIG_DOMAIN_LEN + 16)
-#define SCHED_DOWN_MIN_MS    5000	/* a destination that failed waits this long first, */
-#define SCHED_DOWN_MAX_MS    300000	/* doubling per failure up to this */
-#define SCHED_REASON_MAX     256	/* why a destination is down, as a reply line */
+#define SCHED_DEST_MAX    65536               /* destinations known at once per worker */
+#define SCHED_WAKE_MAX    (16u * 1024 * 1024) /* pending wake-ups per worker */
+#define SCHED_KEY_MAX     (CONFIG_DOMAIN_LEN + 16)
+#define SCHED_DOWN_MIN_MS 5000   /* a destination that failed waits this long first, */
+#define SCHED_DOWN_MAX_MS 300000 /* doubling per failure up to this */
+#define SCHED_REASON_MAX  256    /* why a destination is down, as a reply line */
 
 /* Where a recipient domain's mail goes, from the config's routes. */
 struct sched_route {
 	enum config_route_kind kind;
-	char host[CONFIG_DOMAIN_LEN + 1];	/* CONFIG_ROUTE_MX: the recipient domain */
+	char host[CONFIG_DOMAIN_LEN + 1]; /* CONFIG_ROUTE_MX: the recipient domain */
 	uint16_t port;
 	char key[SCHED_KEY_MAX];
 };
@@ -36,20 +36,20 @@ struct sched_job {
 	struct sched_job *next;
 	uint64_t id;
 	unsigned rcpt_count;
-	unsigned rcpt[];	/* indexes into the message's recipients */
+	unsigned rcpt[]; /* indexes into the message's recipients */
 };
 
 struct sched_dest {
 	struct sched_route route;
 	struct sched_job *head, *tail;
 	unsigned jobs;
-	unsigned active;		/* open connections, kept by the caller */
-	unsigned opening;		/* of those, not yet ready for a job (the caller's) */
-	void *idle;			/* the caller's list of idle connections */
-	unsigned failures;		/* in a row */
+	unsigned active;   /* open connections, kept by the caller */
+	unsigned opening;  /* of those, not yet ready for a job (the caller's) */
+	void *idle;        /* the caller's list of idle connections */
+	unsigned failures; /* in a row */
 	uint64_t down_until_ms;
 	char down_reason[SCHED_REASON_MAX];
-	bool runnable;			/* on the runnable list */
+	bool runnable; /* on the runnable list */
 	struct sched_dest *next_runnable;
 	struct sched_dest *hash_next;
 };
@@ -80,7 +80,7 @@ struct sched_dest *sched_dest(struct sched *s, const struct sched_route *route);
 
 /* Appends a job; puts the destination on the runnable list. -ENOMEM. */
 int sched_job_add(struct sched *s, struct sched_dest *d, uint64_t id, const unsigned *rcpt,
-		  unsigned rcpt_count);
+                  unsigned rcpt_count);
 
 /* Takes the oldest job (NULL if none); the caller frees it with free(). */
 struct sched_job *sched_job_take(struct sched_dest *d);

@@ -76,6 +76,13 @@ if build build-asan -Db_sanitize=address,undefined -Djemalloc=false -Db_lundef=f
 else
 	echo "sanitizer build failed"; total_fail=$((total_fail + 1))
 fi
+echo "== format: clang-format --dry-run --Werror"
+if git ls-files '*.c' '*.h' | xargs clang-format --dry-run --Werror >"$results/format.out" 2>&1; then
+	echo "format: ok"; total_pass=$((total_pass + 1))
+else
+	head -20 "$results/format.out"; echo "format: FAILED"; total_fail=$((total_fail + 1))
+fi
+
 echo "== fuzz: every libFuzzer target for a few seconds"
 tests/fuzz/run.sh "${FUZZ_SECONDS:-10}" | tee "$results/fuzz.out" | grep -v '^[0-9]* passed'
 read -r fp ff < <(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$results/fuzz.out")

@@ -6,7 +6,7 @@ set -eu
 build="meson ninja-build pkg-config gcc libc6-dev liburing-dev libwolfssl-dev libunbound-dev
 libjemalloc-dev libfyaml-dev libcrypt-dev libevent-dev dns-root-data"
 test="$build python3 python3-pytest python3-dnspython python3-aiosmtpd swaks postfix
-unbound nsd ldnsutils clang libclang-rt-14-dev iproute2 procps"
+unbound nsd ldnsutils clang clang-format libclang-rt-14-dev iproute2 procps git"
 bench="$test time"
 
 case "${1:-build}" in

@@ -13,23 +13,24 @@
 #include "core/config.h"
 #include "core/control.h"
 
-#define EXIT_FAILED  1	/* the server answered with an error */
+#define EXIT_FAILED  1 /* the server answered with an error */
 #define EXIT_USAGE   2
-#define EXIT_CONNECT 3	/* no server to talk to */
+#define EXIT_CONNECT 3 /* no server to talk to */
 
 static void
 usage(FILE *f)
 {
 	fprintf(f, "usage: ringmxctl [-c FILE] COMMAND [ARGS]\n"
-		   "commands:\n"
-		   "  queue [--json]   one line (or JSON object) per queued message\n"
-		   "  show ID          the envelope and the stored bytes of one message\n"
-		   "  stats [--json]   counters of the running server\n"
-		   "  flush            every deferred recipient is tried now\n"
-		   "  delete ID        remove a message from the queue (no bounce)\n"
-		   "  hold ID          keep a message queued without delivering it\n"
-		   "  release ID       deliver a held message again\n"
-		   "  resolve DOMAIN   next hops, addresses, DNSSEC state and TLSA, as the server sees them\n");
+	           "commands:\n"
+	           "  queue [--json]   one line (or JSON object) per queued message\n"
+	           "  show ID          the envelope and the stored bytes of one message\n"
+	           "  stats [--json]   counters of the running server\n"
+	           "  flush            every deferred recipient is tried now\n"
+	           "  delete ID        remove a message from the queue (no bounce)\n"
+	           "  hold ID          keep a message queued without delivering it\n"
+	           "  release ID       deliver a held message again\n"
+	           "  resolve DOMAIN   next hops, addresses, DNSSEC state and TLSA, as the server "
+	           "sees them\n");
 }
 
 static int
@@ -123,7 +124,7 @@ main(int argc, char **argv)
 	}
 	for (int i = optind; i < argc; i++) {
 		int n = snprintf(line + len, sizeof(line) - len, "%s%s", i > optind ? " " : "",
-				 argv[i]);
+		                 argv[i]);
 		if (n < 0 || (size_t)n >= sizeof(line) - len - 1) {
 			fprintf(stderr, "ringmxctl: command too long\n");
 			return EXIT_USAGE;
@@ -142,9 +143,10 @@ main(int argc, char **argv)
 	}
 	int fd = ctl_connect(cfg->control_socket);
 	if (fd < 0) {
-		fprintf(stderr, "ringmxctl: cannot connect to %s: %s (is ringmx running with this "
-				"config?)\n",
-			cfg->control_socket, strerror(errno));
+		fprintf(stderr,
+		        "ringmxctl: cannot connect to %s: %s (is ringmx running with this "
+		        "config?)\n",
+		        cfg->control_socket, strerror(errno));
 		config_free(cfg);
 		return EXIT_CONNECT;
 	}

@@ -1,12 +1,10 @@
 /* test_address.c -- RFC 5321 path and ESMTP parameter parsing. */
 #include "core/address.h"
 
+#include "tests/unit/check.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "tests/unit/check.h"
-
-
 
 #define A_NULL 1u /* allow_null */
 #define A_UTF8 2u /* allow_utf8 */

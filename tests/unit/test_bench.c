@@ -3,12 +3,10 @@
 #include "bench/msggen.h"
 #include "bench/reply.h"
 
+#include "tests/unit/check.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "tests/unit/check.h"
-
-
 
 /* Feeds s in pieces of step bytes; returns the statuses seen, as a string of digits
  * (1 line, 2 end, E error) and leaves the parser for inspection. */

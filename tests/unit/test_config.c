@@ -4,6 +4,7 @@
  */
 #include "core/config.h"
 
+#include "tests/unit/check.h"
 #include <arpa/inet.h>
 #include <errno.h>
 #include <stdlib.h>
@@ -11,11 +12,8 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include "tests/unit/check.h"
 
 #define FIXTURE(name) "../fixtures/config/" name
-
-
 
 /* The test's scratch directory, made once by main. */
 struct scratch {

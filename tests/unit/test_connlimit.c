@@ -1,12 +1,10 @@
 /* test_connlimit.c -- max_connections and max_connections_per_ip bookkeeping. */
 #include "core/connlimit.h"
 
+#include "tests/unit/check.h"
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <string.h>
-#include "tests/unit/check.h"
-
-
 
 static struct sockaddr_storage
 v4(const char *text)

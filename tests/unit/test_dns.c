@@ -22,8 +22,6 @@
 #include "dns/dnswire.h"
 #include "tests/unit/check.h"
 
-
-
 #define FIXTURE_SCRIPTS "../fixtures/dns"
 #define WAIT_MS         20000
 #define MANY            5000 /* concurrent lookups in the load test */

@@ -8,17 +8,15 @@
  */
 #include "queue/dsn.c"
 
+#include "tests/unit/check.h"
 #include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include "tests/unit/check.h"
 
 #define PYTHON       "/usr/bin/python3"
 #define PARSE_SCRIPT "../fixtures/dsn/parse_dsn.py" /* meson runs us in tests/unit */
 #define T_ARRIVAL    1700000000                     /* Tue, 14 Nov 2023 22:13:20 +0000 */
 #define T_DATE       1700086400
-
-
 
 static const char orig_msg[] = "Received: from client.example.com by mx.example.test\r\n"
                                "From: Alice <alice@example.com>\r\n"

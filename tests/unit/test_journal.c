@@ -20,8 +20,6 @@
 #define RECS_MAX    4096
 #define REPORTS_MAX 64
 
-
-
 struct rec {
 	enum journal_rec_type type;
 	uint8_t *payload;

@@ -1,6 +1,7 @@
 /* test_policy.c -- the relay decision: no open relay, trusted clients, the recipient map. */
 #include "core/policy.h"
 
+#include "tests/unit/check.h"
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -8,9 +9,6 @@
 #include <string.h>
 #include <sys/un.h>
 #include <unistd.h>
-#include "tests/unit/check.h"
-
-
 
 #define FIXTURES "../fixtures/policy/"
 

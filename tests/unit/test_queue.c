@@ -6,12 +6,10 @@
 #define QUEUE_MESSAGES_MAX 2000u
 #include "queue/queue.c"
 
-#include <stdio.h>
 #include "tests/unit/check.h"
+#include <stdio.h>
 
 #define SCRATCH_LEN 65536
-
-
 
 static const char *const test_rcpts[] = {"a@example.org", "b@example.org", "c@example.net"};
 static const char *const test_params[] = {"NOTIFY=SUCCESS", "", "ORCPT=rfc822;c@x"};
