@@ -32,9 +32,18 @@ oconn_from(struct worker *w, uint64_t ud)
 	uint32_t slot = ud_slot(ud);
 
 	assert(slot < OUT_CONN_MAX);
-	struct oconn *oc = &w->oconns[slot];
-	assert((oc->gen & 0xffffff) == ud_gen(ud));
-	return oc;
+	return &w->oconns[slot];
+}
+
+/*
+ * The generation changes with every connection attempt: a completion of an earlier
+ * attempt on the same slot (the receive of a socket we gave up) only ends its operation.
+ * A slot is reused only once no operation names it, so nothing older can come.
+ */
+static bool
+oconn_current(const struct oconn *oc, uint64_t ud)
+{
+	return (oc->gen & 0xffffff) == ud_gen(ud);
 }
 
 int
@@ -667,6 +676,20 @@ out_peer_text(const struct sockaddr_storage *ss, char *buf, size_t cap)
 	snprintf(buf, cap, ss->ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", a, port);
 }
 
+static struct smtp_client *
+out_client_new(const struct worker *w)
+{
+	struct smtp_client_params p = {
+	    .helo_name = w->cfg->hostname,
+	    .tls_mode = SMTP_CLIENT_TLS_NONE, /* STARTTLS comes with the TLS issue */
+	    .reply_line_max = SMTP_CLIENT_REPLY_LINE_CAP,
+	    .reply_lines_max = 100,
+	    .rcpt_count_max = w->cfg->limits_max_recipients,
+	};
+
+	return smtp_client_new(&p);
+}
+
 /* Connects to the next address of the connection; false when none is left. */
 static bool
 out_connect(struct worker *w, struct oconn *oc)
@@ -676,8 +699,18 @@ out_connect(struct worker *w, struct oconn *oc)
 		int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 		if (fd < 0)
 			continue;
+		/* every address gets a session of its own: the last one may have ended mid-way */
+		smtp_client_free(oc->smtp);
+		oc->smtp = out_client_new(w);
+		if (oc->smtp == NULL) {
+			close(fd);
+			return false;
+		}
 		int one = 1;
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		oc->gen++;
+		oc->recv_armed = oc->send_busy = false;
+		oc->stash_len = 0;
 		oc->fd = fd;
 		oc->connecting = true;
 		out_peer_text(ss, oc->peer_text, sizeof(oc->peer_text));
@@ -857,7 +890,6 @@ out_open(struct worker *w, struct sched_dest *d)
 		return false;
 	}
 	struct oconn *oc = &w->oconns[w->ofree[--w->ofree_count]];
-	const struct config *cfg = w->cfg;
 
 	assert(!oc->used);
 	oc->used = true;
@@ -865,18 +897,6 @@ out_open(struct worker *w, struct sched_dest *d)
 	oc->started_ms = w->now_ms;
 	d->active++;
 	d->opening++;
-	struct smtp_client_params p = {
-	    .helo_name = cfg->hostname,
-	    .tls_mode = SMTP_CLIENT_TLS_NONE, /* STARTTLS comes with the TLS issue */
-	    .reply_line_max = SMTP_CLIENT_REPLY_LINE_CAP,
-	    .reply_lines_max = 100,
-	    .rcpt_count_max = cfg->limits_max_recipients,
-	};
-	oc->smtp = smtp_client_new(&p);
-	if (oc->smtp == NULL) {
-		oconn_close(w, oc, "451 4.3.0 out of memory");
-		return false;
-	}
 	oc->w = w;
 	if (d->route.kind == CONFIG_ROUTE_HOST &&
 	    out_literal(&d->route, d->route.port, &oc->addrs[0])) {
@@ -910,6 +930,7 @@ out_conn_failed(struct worker *w, struct oconn *oc, const char *why)
 
 	snprintf(text, sizeof(text), "451 4.4.1 %s: %s", oc->peer_text, why);
 	if (oc->fd >= 0) {
+		shutdown(oc->fd, SHUT_RDWR); /* ends its pending receive */
 		close(oc->fd);
 		oc->fd = -1;
 	}
@@ -1016,7 +1037,7 @@ out_on_connect(struct worker *w, struct oconn *oc, int res)
 }
 
 static void
-out_on_recv(struct worker *w, struct oconn *oc, int res, unsigned flags)
+out_on_recv(struct worker *w, struct oconn *oc, uint64_t ud, int res, unsigned flags)
 {
 	if (flags & IORING_CQE_F_BUFFER) {
 		unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
@@ -1024,7 +1045,8 @@ out_on_recv(struct worker *w, struct oconn *oc, int res, unsigned flags)
 			out_feed(w, oc, worker_buffer(w, bid), (size_t)res);
 		worker_return_buffer(w, bid);
 	}
-	if (flags & IORING_CQE_F_MORE)
+	/* what was fed may have given up this socket for the next address */
+	if ((flags & IORING_CQE_F_MORE) || !oconn_current(oc, ud))
 		return;
 	oc->recv_armed = false;
 	if (!oc->closing) {
@@ -1053,12 +1075,19 @@ out_on_cqe(struct worker *w, enum worker_op op, uint64_t ud, int res, unsigned f
 	}
 	struct oconn *oc = oconn_from(w, ud);
 
+	if (!oconn_current(oc, ud)) {
+		if (flags & IORING_CQE_F_BUFFER)
+			worker_return_buffer(w, flags >> IORING_CQE_BUFFER_SHIFT);
+		if (!(flags & IORING_CQE_F_MORE))
+			oconn_op_done(w, oc);
+		return;
+	}
 	switch (op) {
 	case OP_OUT_CONNECT:
 		out_on_connect(w, oc, res);
 		break;
 	case OP_OUT_RECV:
-		out_on_recv(w, oc, res, flags);
+		out_on_recv(w, oc, ud, res, flags);
 		if (flags & IORING_CQE_F_MORE)
 			return;
 		break;
@@ -1282,7 +1311,9 @@ out_expire_conn(struct worker *w, struct oconn *oc)
 {
 	struct smtp_client_event ev;
 
-	if (oc->connecting) {
+	if (oc->dns_id != 0) {
+		out_conn_failed(w, oc, "the DNS lookup took too long");
+	} else if (oc->connecting) {
 		out_conn_failed(w, oc, "connection timed out");
 	} else if (oc->job == NULL && smtp_client_state(oc->smtp) == SMTP_CLIENT_READY) {
 		out_quit(w, oc); /* idle for OUT_IDLE_MS */
@@ -1330,7 +1361,7 @@ out_stop(struct worker *w)
 {
 	for (unsigned i = 0; i < OUT_CONN_MAX; i++) {
 		struct oconn *oc = &w->oconns[i];
-		if (oc->used && !oc->closing && oc->job == NULL &&
+		if (oc->used && !oc->closing && oc->job == NULL && oc->smtp != NULL &&
 		    smtp_client_state(oc->smtp) == SMTP_CLIENT_READY)
 			out_quit(w, oc);
 	}

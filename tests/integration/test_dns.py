@@ -11,6 +11,7 @@ Every MX delivery goes to outbound port P, where a sink listens on 127.0.0.2 onl
 """
 import os
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -209,6 +210,48 @@ def test_mx_fallback_delivers_to_second_mx(ringmx_factory, dns_fixture, loop_sin
     (line,) = wait_until(lambda: outcome_lines(server, qid, "delivered"), 10, "delivered log")
     assert "relay=mxb.loop.mx.test" in line, line
     wait_until(lambda: server.queue() == [], 10, "an empty queue")
+
+
+class RefusingGreeter(threading.Thread):
+    """127.0.0.1:port answers every connection with a 554 greeting and hangs up."""
+
+    def __init__(self, port):
+        super().__init__(daemon=True)
+        self.sock = socket.create_server(("127.0.0.1", port))
+        self.sock.settimeout(0.2)
+        self.greeted = 0
+        self.done = threading.Event()
+
+    def run(self):
+        while not self.done.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.sendall(b"554 5.3.2 mxa is not taking mail\r\n")
+                self.greeted += 1
+
+    def stop(self):
+        self.done.set()
+        self.join(5)
+        self.sock.close()
+
+
+def test_mx_fallback_after_a_refusing_greeting(ringmx_factory, dns_fixture, loop_sink):
+    """RFC 5321 §3.8: a 554 greeting sends us to the next MX, with a fresh session."""
+    greeter = RefusingGreeter(loop_sink.port)
+    greeter.start()
+    try:
+        server = mx_server(ringmx_factory, dns_fixture, loop_sink.port)
+        qid = send(server, BODY, sender="a@client.example", rcpts=["u@loop.mx.test"])
+        (msg,) = loop_sink.wait_accepted(1)
+        assert msg.rcpts == ["u@loop.mx.test"]
+        (line,) = wait_until(lambda: outcome_lines(server, qid, "delivered"), 10, "delivered")
+        assert "relay=mxb.loop.mx.test" in line, line
+        assert greeter.greeted >= 1, "mxa was never tried"
+    finally:
+        greeter.stop()
 
 
 def test_implicit_mx_delivers(ringmx_factory, dns_fixture, loop_sink):
