@@ -268,7 +268,8 @@ run(const struct config *cfg)
 	rc = 0;
 	goto out;
 fail:
-	log_msg(CONFIG_LOG_ERROR, "%s", err);
+	/* one plain line: start-up failures are read by people, not log pipelines */
+	log_flush();
 	fprintf(stderr, "ringmx: %s\n", err);
 	server_stop(&s);
 out:

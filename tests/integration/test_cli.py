@@ -1,4 +1,5 @@
 """The command lines: -V, --default-config, -t diagnostics, start-up errors, ringmxctl errors."""
+import os
 import re
 import socket
 import subprocess
@@ -226,3 +227,30 @@ def test_ringmxctl_errors_from_a_running_server(ringmx):
     assert r.returncode != 0 and b"no such message" in r.stderr
     wait_port("127.0.0.1", ringmx.port)  # the server is unharmed
     assert ringmx.queue() == []
+
+
+IO_URING_SYSCTL = "/proc/sys/kernel/io_uring_disabled"
+
+
+@pytest.mark.skipif(not os.access(IO_URING_SYSCTL, os.W_OK),
+                    reason="needs root and kernel.io_uring_disabled (Linux >= 6.6)")
+def test_io_uring_forbidden_is_one_clear_line(tmp_path):
+    """Where io_uring is forbidden (here by the sysctl, elsewhere by a container's seccomp
+    profile), ringmx says why in one line and exits non-zero; nothing listens."""
+    server = Ringmx(tmp_path)
+    with open(IO_URING_SYSCTL) as f:
+        before = f.read().strip()
+    try:
+        with open(IO_URING_SYSCTL, "w") as f:
+            f.write("2")
+        r = subprocess.run([binary("ringmx"), "-c", server.cfg_path], capture_output=True,
+                           timeout=30)
+    finally:
+        with open(IO_URING_SYSCTL, "w") as f:
+            f.write(before)
+    assert r.returncode != 0
+    lines = r.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ringmx: "), r.stderr
+    assert "io_uring is not available" in lines[0] and "6.1" in lines[0], lines[0]
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
