@@ -640,9 +640,8 @@ worker_answer_waiters(struct worker *w, uint64_t durable, int r)
 		} else {
 			worker_queue_remove(w, c->wait_msg);
 			w->stats.messages_refused++;
-			smtp_server_message_done(
-			    c->smtp, r == -JOURNAL_ENOSPC ? SMTP_STORE_NOSPACE : SMTP_STORE_ERROR,
-			    NULL);
+			/* full or failing, the storage could not keep it: 452 4.3.1 either way */
+			smtp_server_message_done(c->smtp, SMTP_STORE_NOSPACE, NULL);
 		}
 		c->wait_msg = NULL;
 		if (c->fd < 0) {
