@@ -1023,6 +1023,7 @@ parse_routes(struct loader *ld, const struct item *it, void *target)
 static const char *const log_level_names[] = {"debug", "info", "warning", "error", NULL};
 static const char *const log_format_names[] = {"text", "json", NULL};
 static const char *const dnssec_names[] = {"off", "validate", NULL};
+static const char *const prefer_names[] = {"ipv4", "ipv6", NULL};
 static const char *const outbound_tls_names[] = {"none", "may", "encrypt", "dane", "verify", NULL};
 static const char *const sync_names[] = {"none", "always", NULL};
 static const char *const bare_newline_names[] = {"normalize", "reject", NULL};
@@ -1061,6 +1062,7 @@ static const struct field dns_fields[] = {
     ENUM("dnssec", struct config, dns_dnssec, dnssec_names),
     FILENAME("unbound_config", struct config, dns_unbound_config),
     FILENAME("hosts_file", struct config, dns_hosts_file),
+    ENUM("prefer", struct config, dns_prefer_ipv6, prefer_names),
     FIELDS_END,
 };
 
@@ -1160,6 +1162,7 @@ static const char default_yaml[] =
     "  # trust_anchor_file: /usr/share/dns/root.key  # the default (Debian dns-root-data)\n"
     "  # unbound_config: ./unbound.conf  # extra settings read with ub_ctx_config\n"
     "  # hosts_file: ./hosts         # static host addresses for the resolver\n"
+    "  prefer: ipv4                 # ipv4 | ipv6: which of a host's addresses is tried first\n"
     "\n"
     "outbound:                      # delivery to next hops\n"
     "  port: 25                     # SMTP port of next hops (tests point it at a sink)\n"

@@ -139,6 +139,7 @@ struct config {
 	bool dns_dnssec;
 	char dns_unbound_config[CONFIG_PATH_LEN];
 	char dns_hosts_file[CONFIG_PATH_LEN];
+	bool dns_prefer_ipv6; /* dns.prefer: ipv6 (default ipv4) */
 
 	uint16_t outbound_port;
 	enum config_outbound_tls outbound_tls;

@@ -843,6 +843,7 @@ out_dns_setup(struct worker *w, char *err, size_t err_len)
 	    .dnssec = cfg->dns_dnssec,
 	    .unbound_config = cfg->dns_unbound_config,
 	    .hosts_file = cfg->dns_hosts_file,
+	    .ipv6_first = cfg->dns_prefer_ipv6,
 	};
 	w->dns = dns_new(&p, err, err_len);
 	if (w->dns == NULL)

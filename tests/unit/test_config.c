@@ -468,6 +468,7 @@ test_full(void)
 	CHECK(!cfg->dns_dnssec);
 	CHECK(strcmp(cfg->dns_unbound_config, FIXTURE("full.yaml")) == 0);
 	CHECK(strcmp(cfg->dns_hosts_file, FIXTURE("full.yaml")) == 0);
+	CHECK(cfg->dns_prefer_ipv6);
 	check_full_numbers(cfg);
 	config_free(cfg);
 }
@@ -491,6 +492,7 @@ test_json(void)
 	CHECK(cfg->queue_retry_s[0] == 60 && cfg->queue_retry_s[1] == 300);
 	CHECK(cfg->queue_memory_limit == 1048576);
 	CHECK(cfg->limits_max_hops == 20 && cfg->limits_command_timeout_ms == 60000);
+	CHECK(!cfg->dns_prefer_ipv6); /* the default */
 	config_free(cfg);
 }
 
