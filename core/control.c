@@ -1,8 +1,10 @@
 #include "core/control.h"
 
 #include <errno.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +21,8 @@
 #include "core/worker.h"
 #include "queue/queue.h"
 
-#define CONTROL_IO_TIMEOUT_S 5
+#define CONTROL_IO_TIMEOUT_S  5
+#define CONTROL_HTTP_HEAD_MAX 4096 /* bytes of an HTTP request head read */
 
 static const char *
 control_rcpt_state(enum queue_rcpt_state st)
@@ -164,45 +167,79 @@ control_fan_out(struct control_request *r, struct worker **workers, unsigned n)
 	pthread_mutex_destroy(&r->lock);
 }
 
+/* Every counter once: `ringmxctl stats` (text, JSON) and /metrics (Prometheus) print this. */
+static const struct control_stat {
+	const char *name;
+	size_t offset;
+	bool gauge; /* else a counter, which only grows */
+	const char *help;
+} control_stat_table[] = {
+#define STAT(n, g, h)                                                                              \
+	{                                                                                          \
+#n, offsetof(struct control_stats, n), g, h                                        \
+	}
+    STAT(connections_total, false, "SMTP connections accepted"),
+    STAT(connections_active, true, "SMTP sessions open now"),
+    STAT(connections_refused, false, "connections refused by max_connections limits"),
+    STAT(messages_accepted, false, "messages acknowledged with 250 after the journal sync"),
+    STAT(bytes_accepted, false, "bytes of the messages acknowledged"),
+    STAT(messages_refused, false, "messages refused with 452/451 (storage)"),
+    STAT(rcpts_accepted, false, "recipients accepted"),
+    STAT(rcpts_refused, false, "recipients refused by the relay policy"),
+    STAT(rcpts_delivered, false, "recipients delivered to the next hop"),
+    STAT(rcpts_deferred, false, "delivery attempts deferred"),
+    STAT(rcpts_bounced, false, "recipients bounced"),
+    STAT(journal_batches, false, "journal group commits written"),
+    STAT(journal_syncs, false, "journal fdatasyncs"),
+    STAT(journal_errors, false, "journal write or sync failures"),
+    STAT(journal_disk_bytes, true, "bytes of journal segments on disk"),
+    STAT(queue_messages, true, "messages queued"),
+    STAT(queue_recipients, true, "recipients waiting for delivery"),
+    STAT(queue_memory, true, "bytes of queue memory in use"),
+    STAT(queue_memory_limit, true, "queue.memory_limit"),
+#undef STAT
+};
+
+static uint64_t
+control_stat_value(const struct control_stats *s, const struct control_stat *st)
+{
+	uint64_t v;
+
+	memcpy(&v, (const char *)s + st->offset, sizeof(v));
+	return v;
+}
+
 static void
 control_stats_text(struct strbuf *sb, const struct control_stats *s, bool json)
 {
-	const struct {
-		const char *name;
-		uint64_t value;
-	} rows[] = {
-	    {"connections_total", s->connections_total},
-	    {"connections_active", s->connections_active},
-	    {"connections_refused", s->connections_refused},
-	    {"messages_accepted", s->messages_accepted},
-	    {"bytes_accepted", s->bytes_accepted},
-	    {"messages_refused", s->messages_refused},
-	    {"rcpts_accepted", s->rcpts_accepted},
-	    {"rcpts_refused", s->rcpts_refused},
-	    {"rcpts_delivered", s->rcpts_delivered},
-	    {"rcpts_deferred", s->rcpts_deferred},
-	    {"rcpts_bounced", s->rcpts_bounced},
-	    {"journal_batches", s->journal_batches},
-	    {"journal_syncs", s->journal_syncs},
-	    {"journal_errors", s->journal_errors},
-	    {"journal_disk_bytes", s->journal_disk_bytes},
-	    {"queue_messages", s->queue_messages},
-	    {"queue_recipients", s->queue_recipients},
-	    {"queue_memory", s->queue_memory},
-	    {"queue_memory_limit", s->queue_memory_limit},
-	};
-	size_t n = sizeof(rows) / sizeof(rows[0]);
+	size_t n = sizeof(control_stat_table) / sizeof(control_stat_table[0]);
 
 	for (size_t i = 0; i < n; i++) {
+		const struct control_stat *st = &control_stat_table[i];
+		unsigned long long v = (unsigned long long)control_stat_value(s, st);
 		if (json)
-			strbuf_printf(sb, "%s\"%s\":%llu", i ? "," : "{", rows[i].name,
-			              (unsigned long long)rows[i].value);
+			strbuf_printf(sb, "%s\"%s\":%llu", i ? "," : "{", st->name, v);
 		else
-			strbuf_printf(sb, "%s %llu\n", rows[i].name,
-			              (unsigned long long)rows[i].value);
+			strbuf_printf(sb, "%s %llu\n", st->name, v);
 	}
 	if (json)
 		strbuf_puts(sb, "}\n");
+}
+
+/* The Prometheus text exposition format, version 0.0.4. */
+static void
+control_stats_prometheus(struct strbuf *sb, const struct control_stats *s)
+{
+	for (size_t i = 0; i < sizeof(control_stat_table) / sizeof(control_stat_table[0]); i++) {
+		const struct control_stat *st = &control_stat_table[i];
+		size_t len = strlen(st->name);
+		bool has_total = len > 6 && strcmp(st->name + len - 6, "_total") == 0;
+		const char *suffix = st->gauge || has_total ? "" : "_total";
+		strbuf_printf(
+		    sb, "# HELP ringmx_%s%s %s\n# TYPE ringmx_%s%s %s\nringmx_%s%s %llu\n",
+		    st->name, suffix, st->help, st->name, suffix, st->gauge ? "gauge" : "counter",
+		    st->name, suffix, (unsigned long long)control_stat_value(s, st));
+	}
 }
 
 /* The commands that act on one message named by its queue id. */
@@ -367,6 +404,74 @@ control_listen(const char *path)
 	return fd;
 }
 
+/*
+ * GET /metrics over plain HTTP/1.0 (Prometheus scrapes it): one request per connection,
+ * read with a timeout and a bounded head, answered from the workers' counters.
+ */
+static void
+metrics_client(int fd, struct worker **workers, unsigned n)
+{
+	char head[CONTROL_HTTP_HEAD_MAX];
+	size_t len = 0;
+	struct timeval tv = {.tv_sec = CONTROL_IO_TIMEOUT_S};
+	struct strbuf body, reply;
+
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	while (len < sizeof(head) - 1) {
+		ssize_t k = read(fd, head + len, sizeof(head) - 1 - len);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			break;
+		len += (size_t)k;
+		head[len] = '\0';
+		if (strstr(head, "\r\n\r\n") != NULL || strstr(head, "\n\n") != NULL)
+			break;
+	}
+	head[len] = '\0';
+	strbuf_init(&body, CONTROL_REPLY_MAX);
+	strbuf_init(&reply, CONTROL_REPLY_MAX);
+	bool found =
+	    strncmp(head, "GET /metrics ", 13) == 0 || strncmp(head, "GET /metrics?", 13) == 0;
+	if (found) {
+		struct control_request r = {.cmd = CONTROL_STATS};
+		strbuf_init(&r.out, 0);
+		control_fan_out(&r, workers, n);
+		control_stats_prometheus(&body, &r.stats);
+	} else {
+		strbuf_puts(&body, "only GET /metrics is served here\n");
+	}
+	strbuf_printf(&reply,
+	              "HTTP/1.0 %s\r\nContent-Type: text/plain; version=0.0.4\r\n"
+	              "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+	              found ? "200 OK" : "404 Not Found", body.len);
+	strbuf_append(&reply, body.data ? body.data : "", body.len);
+	control_write_all(fd, reply.data, reply.len);
+	strbuf_free(&body);
+	strbuf_free(&reply);
+}
+
+static int
+metrics_listen(const struct config *cfg)
+{
+	int one = 1;
+	const struct config_sockaddr *a = &cfg->metrics_listen;
+
+	if (!cfg->metrics_enabled)
+		return -1;
+	int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(fd, (const struct sockaddr *)&a->ss, a->len) != 0 || listen(fd, 16) != 0) {
+		int e = errno;
+		close(fd);
+		return -e;
+	}
+	return fd;
+}
+
 /* SIGHUP: the maps are read again; a map that no longer parses keeps the old policy. */
 static void
 control_reload(const struct config *cfg, struct worker **workers, unsigned n,
@@ -389,17 +494,29 @@ control_reload(const struct config *cfg, struct worker **workers, unsigned n,
 
 int
 control_serve(const struct config *cfg, int signal_fd, struct worker **workers,
-              unsigned worker_count, struct policy **policy)
+              unsigned worker_count, struct policy **policy, char *err, size_t err_len)
 {
 	const char *socket_path = cfg->control_socket;
 	int lfd = control_listen(socket_path);
 
-	if (lfd < 0)
+	if (lfd < 0) {
+		snprintf(err, err_len, "control socket %.200s: %s", socket_path, strerror(-lfd));
 		return lfd;
+	}
+	int mfd = metrics_listen(cfg);
+	if (cfg->metrics_enabled && mfd < 0) {
+		snprintf(err, err_len, "metrics.listen %s: %s", cfg->metrics_listen.text,
+		         strerror(-mfd));
+		close(lfd);
+		unlink(socket_path);
+		return mfd;
+	}
 	for (;;) {
-		struct pollfd pfd[2] = {{.fd = signal_fd, .events = POLLIN},
-		                        {.fd = lfd, .events = POLLIN}};
-		if (poll(pfd, 2, -1) < 0) {
+		/* a negative fd (metrics off) is ignored by poll */
+		struct pollfd pfd[3] = {{.fd = signal_fd, .events = POLLIN},
+		                        {.fd = lfd, .events = POLLIN},
+		                        {.fd = mfd, .events = POLLIN}};
+		if (poll(pfd, 3, -1) < 0) {
 			if (errno == EINTR)
 				continue;
 			break;
@@ -419,7 +536,16 @@ control_serve(const struct config *cfg, int signal_fd, struct worker **workers,
 				close(cfd);
 			}
 		}
+		if (pfd[2].revents & POLLIN) {
+			int cfd = accept4(mfd, NULL, NULL, SOCK_CLOEXEC);
+			if (cfd >= 0) {
+				metrics_client(cfd, workers, worker_count);
+				close(cfd);
+			}
+		}
 	}
+	if (mfd >= 0)
+		close(mfd);
 	close(lfd);
 	unlink(socket_path);
 	return 0;

@@ -64,13 +64,13 @@ struct policy;
 struct worker;
 
 /*
- * Serves cfg->control_socket until a stop signal (SIGTERM, SIGINT) arrives on
- * signal_fd. SIGHUP rebuilds the policy (maps are read again) and hands it to
- * every worker; *policy is then the new one (the old one is freed once no worker
- * uses it). Returns 0, or -errno if the socket cannot be set up.
+ * Serves cfg->control_socket, and GET /metrics on metrics.listen when set, until a
+ * stop signal (SIGTERM, SIGINT) arrives on signal_fd. SIGHUP rebuilds the policy (maps are read
+ * again) and hands it to every worker; *policy is then the new one (the old one is freed once no
+ * worker uses it). Returns 0, or -errno with err filled if a socket cannot be set up.
  */
 int control_serve(const struct config *cfg, int signal_fd, struct worker **workers,
-                  unsigned worker_count, struct policy **policy);
+                  unsigned worker_count, struct policy **policy, char *err, size_t err_len);
 
 /* Sends r to every worker and waits until all have answered. */
 void control_fan_out(struct control_request *r, struct worker **workers, unsigned n);

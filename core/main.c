@@ -256,12 +256,8 @@ run(const struct config *cfg)
 		goto fail;
 	log_msg(CONFIG_LOG_INFO, "ringmx %s started: %u workers, %u listeners, config %s",
 	        RINGMX_VERSION, cfg->workers, cfg->listen_count, cfg->source);
-	int r = control_serve(cfg, sfd, s.workers, s.started, &s.policy);
-	if (r != 0) {
-		snprintf(err, sizeof(err), "control socket %s: %s", cfg->control_socket,
-		         strerror(-r));
+	if (control_serve(cfg, sfd, s.workers, s.started, &s.policy, err, sizeof(err)) != 0)
 		goto fail;
-	}
 	log_msg(CONFIG_LOG_INFO, "stopping");
 	server_stop(&s);
 	log_msg(CONFIG_LOG_INFO, "stopped");
