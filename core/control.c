@@ -22,7 +22,8 @@
 #include "queue/queue.h"
 
 #define CONTROL_IO_TIMEOUT_S  5
-#define CONTROL_HTTP_HEAD_MAX 4096 /* bytes of an HTTP request head read */
+#define CONTROL_HTTP_HEAD_MAX 4096   /* bytes of an HTTP request head read */
+#define CONTROL_DRAIN_US      100000 /* how long the rest of a request is waited for */
 
 static const char *
 control_rcpt_state(enum queue_rcpt_state st)
@@ -450,6 +451,12 @@ metrics_client(int fd, struct worker **workers, unsigned n)
 	control_write_all(fd, reply.data, reply.len);
 	strbuf_free(&body);
 	strbuf_free(&reply);
+	/* unread request bytes would turn our close into a reset that loses the reply */
+	struct timeval drain = {.tv_usec = CONTROL_DRAIN_US};
+	shutdown(fd, SHUT_WR);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &drain, sizeof(drain));
+	for (unsigned i = 0; i < 16 && read(fd, head, sizeof(head)) > 0; i++)
+		continue;
 }
 
 static int
