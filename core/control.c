@@ -348,25 +348,39 @@ control_write_all(int fd, const char *p, size_t len)
 	}
 }
 
-static void
-control_client(int fd, struct worker **workers, unsigned n)
+/*
+ * Reads from a client (with CONTROL_IO_TIMEOUT_S for it and for our replies) until
+ * `end` has been seen, the buffer is full, or the client stops; NUL-terminates and
+ * returns the length.
+ */
+static size_t
+control_read_until(int fd, char *buf, size_t cap, const char *end)
 {
-	char line[CONTROL_LINE_MAX];
-	size_t len = 0;
 	struct timeval tv = {.tv_sec = CONTROL_IO_TIMEOUT_S};
-	struct strbuf reply;
+	size_t len = 0;
 
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	while (len < sizeof(line) - 1 && memchr(line, '\n', len) == NULL) {
-		ssize_t k = read(fd, line + len, sizeof(line) - 1 - len);
+	buf[0] = '\0';
+	while (len < cap - 1 && strstr(buf, end) == NULL) {
+		ssize_t k = read(fd, buf + len, cap - 1 - len);
 		if (k < 0 && errno == EINTR)
 			continue;
 		if (k <= 0)
 			break;
 		len += (size_t)k;
+		buf[len] = '\0';
 	}
-	line[len] = '\0';
+	return len;
+}
+
+static void
+control_client(int fd, struct worker **workers, unsigned n)
+{
+	char line[CONTROL_LINE_MAX];
+	struct strbuf reply;
+	size_t len = control_read_until(fd, line, sizeof(line), "\n");
+
 	strbuf_init(&reply, CONTROL_REPLY_MAX);
 	if (memchr(line, '\n', len) == NULL)
 		strbuf_puts(&reply, "error command line missing or too long\n");
@@ -413,24 +427,10 @@ static void
 metrics_client(int fd, struct worker **workers, unsigned n)
 {
 	char head[CONTROL_HTTP_HEAD_MAX];
-	size_t len = 0;
-	struct timeval tv = {.tv_sec = CONTROL_IO_TIMEOUT_S};
 	struct strbuf body, reply;
 
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	while (len < sizeof(head) - 1) {
-		ssize_t k = read(fd, head + len, sizeof(head) - 1 - len);
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0)
-			break;
-		len += (size_t)k;
-		head[len] = '\0';
-		if (strstr(head, "\r\n\r\n") != NULL || strstr(head, "\n\n") != NULL)
-			break;
-	}
-	head[len] = '\0';
+	/* only the request line matters: the rest of the head is read but not looked at */
+	control_read_until(fd, head, sizeof(head), "\n");
 	strbuf_init(&body, CONTROL_REPLY_MAX);
 	strbuf_init(&reply, CONTROL_REPLY_MAX);
 	bool found =
