@@ -816,17 +816,27 @@ conn_open(struct worker *w, struct conn *c, int fd, unsigned listener)
 	conn_mark_dirty(w, c);
 }
 
-static void
-peer_text(const struct sockaddr_storage *ss, char *buf, size_t cap)
+void
+worker_addr_text(const struct sockaddr_storage *ss, bool with_port, char *buf, size_t cap)
 {
-	const void *a = ss->ss_family == AF_INET6
-	                    ? (const void *)&((const struct sockaddr_in6 *)ss)->sin6_addr
-	                    : (const void *)&((const struct sockaddr_in *)ss)->sin_addr;
-	if (inet_ntop(ss->ss_family, a, buf, (socklen_t)cap) == NULL)
-		snprintf(buf, cap, "unknown");
+	char a[INET6_ADDRSTRLEN];
+	bool v6 = ss->ss_family == AF_INET6;
+	const void *p = v6 ? (const void *)&((const struct sockaddr_in6 *)ss)->sin6_addr
+	                   : (const void *)&((const struct sockaddr_in *)ss)->sin_addr;
+	uint16_t port = ntohs(v6 ? ((const struct sockaddr_in6 *)ss)->sin6_port
+	                         : ((const struct sockaddr_in *)ss)->sin_port);
+
+	if (inet_ntop(ss->ss_family, p, a, sizeof(a)) == NULL)
+		snprintf(a, sizeof(a), "unknown");
 	/* v4-mapped peers on a dual-stack socket are shown as plain IPv4 */
-	if (strncmp(buf, "::ffff:", 7) == 0 && strchr(buf, '.') != NULL)
-		memmove(buf, buf + 7, strlen(buf + 7) + 1);
+	if (strncmp(a, "::ffff:", 7) == 0 && strchr(a, '.') != NULL) {
+		memmove(a, a + 7, strlen(a + 7) + 1);
+		v6 = false;
+	}
+	if (!with_port)
+		snprintf(buf, cap, "%s", a);
+	else
+		snprintf(buf, cap, v6 ? "[%s]:%u" : "%s:%u", a, port);
 }
 
 static void
@@ -850,7 +860,7 @@ worker_on_accept(struct worker *w, unsigned listener, int res, unsigned flags)
 		close(res);
 		return;
 	}
-	peer_text(&ss, text, sizeof(text));
+	worker_addr_text(&ss, false, text, sizeof(text));
 	if (w->free_count == 0) {
 		worker_log_refused(text, "max_connections");
 		worker_refuse(w, res, "421 4.7.0 Too many connections, try again later\r\n");
@@ -1106,15 +1116,7 @@ worker_message_cmd(struct worker *w, struct control_request *r)
 		r->error = out_delete(w, m);
 		return;
 	}
-	uint8_t rec[64];
-	struct iovec iov[2];
-	bool held = r->cmd == CONTROL_HOLD;
-	int k = queue_record_encode_hold(m->id, held, rec, sizeof(rec), iov);
-	if (k > 0)
-		worker_journal_record(w, JOURNAL_REC_HOLD, iov, (unsigned)k);
-	queue_hold(w->queue, m, held);
-	if (!held)
-		out_schedule(w, m);
+	out_hold(w, m, r->cmd == CONTROL_HOLD);
 }
 
 static void

@@ -227,6 +227,8 @@ struct worker {
 
 /* worker.c, for worker_out.c */
 void worker_return_buffer(struct worker *w, unsigned bid);
+/* "192.0.2.1" (v4-mapped shown as IPv4), or with the port: "192.0.2.1:25", "[2001:db8::1]:25" */
+void worker_addr_text(const struct sockaddr_storage *ss, bool with_port, char *buf, size_t cap);
 const uint8_t *worker_buffer(const struct worker *w, unsigned bid);
 struct queue_message *worker_store_message(struct worker *w, uint64_t id,
                                            const struct queue_envelope *qe, const uint8_t *body,
@@ -249,6 +251,7 @@ int out_dns_setup(struct worker *w, char *err, size_t err_len);
 void out_dns_pump(struct worker *w);
 void out_resolve(struct worker *w, struct control_request *r);
 int out_delete(struct worker *w, struct queue_message *m);
+void out_hold(struct worker *w, struct queue_message *m, bool held);
 int out_rewrite(struct worker *w, struct queue_message *m);
 void out_flush_queue(struct worker *w);
 

@@ -347,20 +347,26 @@ out_bounce(struct worker *w, const struct queue_message *m, const struct dsn_rcp
 		out_schedule(w, b);
 }
 
+/* The message leaves the queue and, by its DELETED record, the journal. */
+static void
+out_remove(struct worker *w, struct queue_message *m)
+{
+	uint8_t rec[64];
+	struct iovec iov[2];
+	int k = queue_record_encode_deleted(m->id, rec, sizeof(rec), iov);
+
+	if (k > 0)
+		worker_journal_record(w, JOURNAL_REC_DELETED, iov, (unsigned)k);
+	worker_queue_remove(w, m);
+}
+
 /* A message with no pending recipient leaves the queue (and, by its DELETED record, the journal).
  */
 static void
 out_finish(struct worker *w, struct queue_message *m)
 {
-	uint8_t rec[64];
-	struct iovec iov[2];
-
-	if (!queue_message_finished(m))
-		return;
-	int k = queue_record_encode_deleted(m->id, rec, sizeof(rec), iov);
-	if (k > 0)
-		worker_journal_record(w, JOURNAL_REC_DELETED, iov, (unsigned)k);
-	worker_queue_remove(w, m);
+	if (queue_message_finished(m))
+		out_remove(w, m);
 }
 
 /*
@@ -559,18 +565,27 @@ out_flush_queue(struct worker *w)
 int
 out_delete(struct worker *w, struct queue_message *m)
 {
-	uint8_t rec[64];
-	struct iovec iov[2];
-
 	for (unsigned i = 0; i < m->rcpt_count; i++) {
 		if (m->rcpts[i].next_attempt_ms == QUEUE_IN_FLIGHT)
 			return -EBUSY;
 	}
-	int k = queue_record_encode_deleted(m->id, rec, sizeof(rec), iov);
-	if (k > 0)
-		worker_journal_record(w, JOURNAL_REC_DELETED, iov, (unsigned)k);
-	worker_queue_remove(w, m);
+	out_remove(w, m);
 	return 0;
+}
+
+/* ringmxctl hold/release: journaled; a released message is scheduled at once. */
+void
+out_hold(struct worker *w, struct queue_message *m, bool held)
+{
+	uint8_t rec[64];
+	struct iovec iov[2];
+	int k = queue_record_encode_hold(m->id, held, rec, sizeof(rec), iov);
+
+	if (k > 0)
+		worker_journal_record(w, JOURNAL_REC_HOLD, iov, (unsigned)k);
+	queue_hold(w->queue, m, held);
+	if (!held)
+		out_schedule(w, m);
 }
 
 /* ---- connections --------------------------------------------------------------------- */
@@ -660,22 +675,6 @@ out_arm_recv(struct worker *w, struct oconn *oc)
 	oc->inflight++;
 }
 
-static void
-out_peer_text(const struct sockaddr_storage *ss, char *buf, size_t cap)
-{
-	char a[INET6_ADDRSTRLEN];
-	const void *p = ss->ss_family == AF_INET6
-	                    ? (const void *)&((const struct sockaddr_in6 *)ss)->sin6_addr
-	                    : (const void *)&((const struct sockaddr_in *)ss)->sin_addr;
-	uint16_t port =
-	    ntohs(ss->ss_family == AF_INET6 ? ((const struct sockaddr_in6 *)ss)->sin6_port
-	                                    : ((const struct sockaddr_in *)ss)->sin_port);
-
-	if (inet_ntop(ss->ss_family, p, a, sizeof(a)) == NULL)
-		snprintf(a, sizeof(a), "?");
-	snprintf(buf, cap, ss->ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", a, port);
-}
-
 static struct smtp_client *
 out_client_new(const struct worker *w)
 {
@@ -713,7 +712,7 @@ out_connect(struct worker *w, struct oconn *oc)
 		oc->stash_len = 0;
 		oc->fd = fd;
 		oc->connecting = true;
-		out_peer_text(ss, oc->peer_text, sizeof(oc->peer_text));
+		worker_addr_text(ss, true, oc->peer_text, sizeof(oc->peer_text));
 		struct io_uring_sqe *sqe = worker_sqe(w);
 		io_uring_prep_connect(sqe, fd, (const struct sockaddr *)ss,
 		                      ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
@@ -1431,12 +1430,8 @@ out_rewrite(struct worker *w, struct queue_message *m)
 		uint64_t next = rc->next_attempt_ms == QUEUE_IN_FLIGHT ? 0 : rc->next_attempt_ms;
 		out_record(w, m, types[rc->state], &i, 1, rc->attempts, next, rc->last_error);
 	}
-	if (m->held) {
-		uint8_t rec[64];
-		int k = queue_record_encode_hold(m->id, true, rec, sizeof(rec), iov);
-		if (k > 0)
-			worker_journal_record(w, JOURNAL_REC_HOLD, iov, (unsigned)k);
-	}
+	if (m->held)
+		out_hold(w, m, true);
 	r = 0;
 out:
 	free(owned);
