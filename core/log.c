@@ -7,6 +7,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/strbuf.h"
+
 struct log_line {
 	char buf[LOG_LINE_MAX];
 	size_t len;
@@ -109,23 +111,14 @@ static void
 log_put_escaped(struct log_line *l, const char *v)
 {
 	size_t n = 0;
+	char e[6];
 
 	for (const unsigned char *p = (const unsigned char *)v; *p; p++, n++) {
 		if (n == LOG_VALUE_MAX) {
 			log_put(l, "...", 3);
 			return;
 		}
-		char esc[8];
-
-		if (*p == '"' || *p == '\\') {
-			log_putc(l, '\\');
-			log_putc(l, (char)*p);
-		} else if (*p < 0x20 || *p == 0x7f) {
-			int k = snprintf(esc, sizeof(esc), "\\u%04x", *p);
-			log_put(l, esc, (size_t)k);
-		} else {
-			log_putc(l, (char)*p);
-		}
+		log_put(l, e, strbuf_json_char(*p, e));
 	}
 }
 

@@ -74,19 +74,33 @@ strbuf_printf(struct strbuf *sb, const char *fmt, ...)
 	sb->len += (size_t)n;
 }
 
+size_t
+strbuf_json_char(unsigned char c, char out[6])
+{
+	static const char hex[] = "0123456789abcdef";
+
+	if (c == '"' || c == '\\') {
+		out[0] = '\\';
+		out[1] = (char)c;
+		return 2;
+	}
+	if (c < 0x20 || c == 0x7f) {
+		memcpy(out, "\\u00", 4);
+		out[4] = hex[c >> 4];
+		out[5] = hex[c & 0xf];
+		return 6;
+	}
+	out[0] = (char)c;
+	return 1;
+}
+
 void
 strbuf_json_string(struct strbuf *sb, const char *s)
 {
+	char e[6];
+
 	strbuf_append(sb, "\"", 1);
-	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-		if (*p == '"' || *p == '\\') {
-			char e[2] = {'\\', (char)*p};
-			strbuf_append(sb, e, 2);
-		} else if (*p < 0x20 || *p == 0x7f) {
-			strbuf_printf(sb, "\\u%04x", *p);
-		} else {
-			strbuf_append(sb, (const char *)p, 1);
-		}
-	}
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+		strbuf_append(sb, e, strbuf_json_char(*p, e));
 	strbuf_append(sb, "\"", 1);
 }

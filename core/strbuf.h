@@ -22,6 +22,13 @@ void strbuf_append(struct strbuf *sb, const char *s, size_t n);
 void strbuf_puts(struct strbuf *sb, const char *s);
 void strbuf_printf(struct strbuf *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/*
+ * The JSON form of one byte inside a string literal: itself, \" or \\, or \u00XX for
+ * control bytes and DEL (other bytes, UTF-8 included, pass as they are). Returns its
+ * length (at most 6); out is not NUL-terminated.
+ */
+size_t strbuf_json_char(unsigned char c, char out[6]);
+
 /* Appends s as a JSON string literal, quotes included. */
 void strbuf_json_string(struct strbuf *sb, const char *s);
 
