@@ -202,12 +202,18 @@ def loop_sink():
         yield sink
 
 
+def deliver(server, sink, rcpt):
+    """Sends one message to rcpt; checks it reaches sink; returns its `delivered` log line."""
+    qid = send(server, BODY, sender="a@client.example", rcpts=[rcpt])
+    (msg,) = sink.wait_accepted(1)
+    assert (msg.sender, msg.rcpts) == ("a@client.example", [rcpt])
+    (line,) = wait_until(lambda: outcome_lines(server, qid, "delivered"), 10, "delivered log")
+    return line
+
+
 def test_mx_fallback_delivers_to_second_mx(ringmx_factory, dns_fixture, loop_sink):
     server = mx_server(ringmx_factory, dns_fixture, loop_sink.port)
-    qid = send(server, BODY, sender="a@client.example", rcpts=["u@loop.mx.test"])
-    (msg,) = loop_sink.wait_accepted(1)
-    assert (msg.sender, msg.rcpts) == ("a@client.example", ["u@loop.mx.test"])
-    (line,) = wait_until(lambda: outcome_lines(server, qid, "delivered"), 10, "delivered log")
+    line = deliver(server, loop_sink, "u@loop.mx.test")
     assert "relay=mxb.loop.mx.test" in line, line
     wait_until(lambda: server.queue() == [], 10, "an empty queue")
 
@@ -244,10 +250,7 @@ def test_mx_fallback_after_a_refusing_greeting(ringmx_factory, dns_fixture, loop
     greeter.start()
     try:
         server = mx_server(ringmx_factory, dns_fixture, loop_sink.port)
-        qid = send(server, BODY, sender="a@client.example", rcpts=["u@loop.mx.test"])
-        (msg,) = loop_sink.wait_accepted(1)
-        assert msg.rcpts == ["u@loop.mx.test"]
-        (line,) = wait_until(lambda: outcome_lines(server, qid, "delivered"), 10, "delivered")
+        line = deliver(server, loop_sink, "u@loop.mx.test")
         assert "relay=mxb.loop.mx.test" in line, line
         assert greeter.greeted >= 1, "mxa was never tried"
     finally:
@@ -256,10 +259,7 @@ def test_mx_fallback_after_a_refusing_greeting(ringmx_factory, dns_fixture, loop
 
 def test_implicit_mx_delivers(ringmx_factory, dns_fixture, loop_sink):
     server = mx_server(ringmx_factory, dns_fixture, loop_sink.port)
-    qid = send(server, BODY, sender="a@client.example", rcpts=["u@loopimplicit.mx.test"])
-    (msg,) = loop_sink.wait_accepted(1)
-    assert msg.rcpts == ["u@loopimplicit.mx.test"]
-    (line,) = wait_until(lambda: outcome_lines(server, qid, "delivered"), 10, "delivered log")
+    line = deliver(server, loop_sink, "u@loopimplicit.mx.test")
     assert "relay=loopimplicit.mx.test" in line, line
 
 
