@@ -27,9 +27,33 @@ struct body_cursor {
 };
 
 struct rcpt_state {
-	size_t cmd_end; /* end of its RCPT command in the batch */
+	size_t cmd_end; /* end of its RCPT command in the batch (DATA transactions) */
 	bool accepted;  /* RCPT got a 2xx */
 	bool final;     /* its result is known; a later failure does not replace it */
+};
+
+/* Command text; grows up to cap_max. */
+struct cmd_buf {
+	char *p;
+	size_t len, cap, cap_max;
+};
+
+/* One transaction: a DATA one alone, or one of the BDAT ones in flight. */
+struct txn_slot {
+	struct smtp_client_reply *results;
+	struct rcpt_state *rs;
+	unsigned rcpt_cap, rcpt_count, rcpt_next, accepted;
+	bool mail_refused;
+	const uint8_t *body;
+	size_t body_len;
+
+	/* BDAT: its own command text; text, body and crlf go out in that order */
+	bool bdat;
+	bool rset;        /* the text starts with RSET, whose reply comes first */
+	bool crlf;        /* "\r\n" follows a body that does not end a line */
+	unsigned replies; /* replies taken */
+	struct cmd_buf text;
+	size_t out_off; /* octets of text, body and crlf written */
 };
 
 struct smtp_client {
@@ -47,16 +71,17 @@ struct smtp_client {
 	struct smtp_client_reply last;    /* the last complete reply */
 	struct smtp_client_reply failure; /* what ended the session */
 
-	char *cmd; /* commands; [cmd_start, cmd_end) is pending, cmd_end.. not yet released */
-	size_t cmd_len, cmd_cap, cmd_cap_max, cmd_start, cmd_end;
+	/* session commands and DATA transactions; [cmd_start, cmd_end) is pending */
+	struct cmd_buf cmd;
+	size_t cmd_start, cmd_end;
 	size_t mail_end, data_end; /* ends of MAIL and DATA in the batch */
+	bool pipelining;
 
-	bool txn_active, pipelining, mail_refused;
-	struct smtp_client_reply *results;
-	struct rcpt_state *rs;
-	unsigned rcpt_cap, rcpt_count, rcpt_next, accepted;
-	const uint8_t *body;
-	size_t body_len;
+	/* transactions in flight: a ring of params.txn_window, oldest at slot_head */
+	struct txn_slot *slots;
+	unsigned slot_head, slot_count;
+	size_t chunk_unsent; /* BDAT octets not yet written */
+	bool need_rset;      /* the last BDAT transaction did not end with a 2xx */
 
 	bool body_queued; /* the output after the command text: body and ".\r\n" */
 	const uint8_t *out_body;
@@ -74,8 +99,8 @@ static const unsigned smtp_client_transitions[] = {
     [SMTP_CLIENT_STARTTLS] = STATE_BIT(SMTP_CLIENT_TLS_WAIT) | STATE_BIT(SMTP_CLIENT_READY) |
                              STATE_BIT(SMTP_CLIENT_CLOSED),
     [SMTP_CLIENT_TLS_WAIT] = STATE_BIT(SMTP_CLIENT_EHLO) | STATE_BIT(SMTP_CLIENT_CLOSED),
-    [SMTP_CLIENT_READY] =
-        STATE_BIT(SMTP_CLIENT_MAIL) | STATE_BIT(SMTP_CLIENT_QUIT) | STATE_BIT(SMTP_CLIENT_CLOSED),
+    [SMTP_CLIENT_READY] = STATE_BIT(SMTP_CLIENT_MAIL) | STATE_BIT(SMTP_CLIENT_CHUNK) |
+                          STATE_BIT(SMTP_CLIENT_QUIT) | STATE_BIT(SMTP_CLIENT_CLOSED),
     [SMTP_CLIENT_MAIL] =
         STATE_BIT(SMTP_CLIENT_RCPT) | STATE_BIT(SMTP_CLIENT_RSET) | STATE_BIT(SMTP_CLIENT_CLOSED),
     [SMTP_CLIENT_RCPT] = STATE_BIT(SMTP_CLIENT_RCPT) | STATE_BIT(SMTP_CLIENT_DATA) |
@@ -84,6 +109,7 @@ static const unsigned smtp_client_transitions[] = {
         STATE_BIT(SMTP_CLIENT_BODY) | STATE_BIT(SMTP_CLIENT_RSET) | STATE_BIT(SMTP_CLIENT_CLOSED),
     [SMTP_CLIENT_BODY] = STATE_BIT(SMTP_CLIENT_READY) | STATE_BIT(SMTP_CLIENT_CLOSED),
     [SMTP_CLIENT_RSET] = STATE_BIT(SMTP_CLIENT_READY) | STATE_BIT(SMTP_CLIENT_CLOSED),
+    [SMTP_CLIENT_CHUNK] = STATE_BIT(SMTP_CLIENT_READY) | STATE_BIT(SMTP_CLIENT_CLOSED),
     [SMTP_CLIENT_QUIT] = STATE_BIT(SMTP_CLIENT_CLOSED),
     [SMTP_CLIENT_CLOSED] = 0,
 };
@@ -106,7 +132,7 @@ smtp_client_state_name(enum smtp_client_state st)
 	    [SMTP_CLIENT_MAIL] = "mail",         [SMTP_CLIENT_RCPT] = "rcpt",
 	    [SMTP_CLIENT_DATA] = "data",         [SMTP_CLIENT_BODY] = "body",
 	    [SMTP_CLIENT_RSET] = "rset",         [SMTP_CLIENT_QUIT] = "quit",
-	    [SMTP_CLIENT_CLOSED] = "closed",
+	    [SMTP_CLIENT_CLOSED] = "closed",     [SMTP_CLIENT_CHUNK] = "chunk",
 	};
 	if ((unsigned)st >= sizeof(names) / sizeof(names[0]))
 		return "invalid";
@@ -218,6 +244,7 @@ static const struct {
     {"DSN", SMTP_CLIENT_CAP_DSN},
     {"STARTTLS", SMTP_CLIENT_CAP_STARTTLS},
     {"ENHANCEDSTATUSCODES", SMTP_CLIENT_CAP_ENHANCEDSTATUSCODES},
+    {"CHUNKING", SMTP_CLIENT_CAP_CHUNKING},
 };
 
 /* RFC 1870: "SIZE" alone or "SIZE 0" means no fixed limit; so does a value we cannot hold. */
@@ -259,7 +286,7 @@ static void
 cmd_reset(struct smtp_client *c)
 {
 	assert(c->cmd_start == c->cmd_end);
-	c->cmd_len = 0;
+	c->cmd.len = 0;
 	c->cmd_start = 0;
 	c->cmd_end = 0;
 }
@@ -292,27 +319,28 @@ cmd_line_add(struct cmd_line *l, const char *fmt, ...)
 
 /* Appends a finished line (not yet released to the output). */
 static int
-cmd_put(struct smtp_client *c, const struct cmd_line *l)
+cmd_put(struct cmd_buf *b, const struct cmd_line *l)
 {
 	if (l->over || l->len > SMTP_CLIENT_CMD_MAX)
 		return -E2BIG;
-	if (c->cmd_len + l->len > c->cmd_cap) {
-		size_t cap = c->cmd_cap;
+	if (b->len + l->len > b->cap) {
+		size_t cap = b->cap > 0 ? b->cap : SMTP_CLIENT_CMD_MAX;
 		char *p;
 
-		while (cap < c->cmd_len + l->len)
+		while (cap < b->len + l->len)
 			cap *= 2;
-		if (cap > c->cmd_cap_max)
-			cap = c->cmd_cap_max;
-		assert(cap >= c->cmd_len + l->len);
-		p = realloc(c->cmd, cap);
+		if (cap > b->cap_max)
+			cap = b->cap_max;
+		if (cap < b->len + l->len)
+			return -E2BIG;
+		p = realloc(b->p, cap);
 		if (p == NULL)
 			return -ENOMEM;
-		c->cmd = p;
-		c->cmd_cap = cap;
+		b->p = p;
+		b->cap = cap;
 	}
-	memcpy(c->cmd + c->cmd_len, l->buf, l->len);
-	c->cmd_len += l->len;
+	memcpy(b->p + b->len, l->buf, l->len);
+	b->len += l->len;
 	return 0;
 }
 
@@ -331,9 +359,9 @@ cmd_send(struct smtp_client *c, const char *fmt, ...)
 	assert((size_t)n < sizeof(l.buf));
 	l.len = (size_t)n;
 	cmd_reset(c);
-	n = cmd_put(c, &l);
+	n = cmd_put(&c->cmd, &l);
 	assert(n == 0);
-	c->cmd_end = c->cmd_len;
+	c->cmd_end = c->cmd.len;
 }
 
 /* Releases the batch's text up to end (non-pipelined: one command at a time). */
@@ -342,8 +370,50 @@ cmd_release(struct smtp_client *c, size_t end)
 {
 	assert(c->cmd_start == c->cmd_end);
 	assert(end > c->cmd_end);
-	assert(end <= c->cmd_len);
+	assert(end <= c->cmd.len);
 	c->cmd_end = end;
+}
+
+/* Transactions in flight */
+
+/* The k-th transaction from the oldest in flight; k == slot_count is the next free one. */
+static struct txn_slot *
+slot_at(const struct smtp_client *c, unsigned k)
+{
+	assert(k <= c->slot_count && k < c->params.txn_window);
+	return &c->slots[(c->slot_head + k) % c->params.txn_window];
+}
+
+static struct txn_slot *
+txn_head(const struct smtp_client *c)
+{
+	assert(c->slot_count > 0);
+	return slot_at(c, 0);
+}
+
+/* The oldest transaction is over; its results stay valid until its slot is used again. */
+static struct txn_slot *
+txn_pop(struct smtp_client *c)
+{
+	struct txn_slot *t = txn_head(c);
+
+	c->slot_head = (c->slot_head + 1) % c->params.txn_window;
+	c->slot_count--;
+	return t;
+}
+
+static size_t
+slot_out_len(const struct txn_slot *t)
+{
+	return t->text.len + t->body_len + (t->crlf ? 2 : 0);
+}
+
+static void
+txn_event(struct smtp_client_event *ev, enum smtp_client_event_type type, const struct txn_slot *t)
+{
+	ev->type = type;
+	ev->results = t->results;
+	ev->rcpt_count = t->rcpt_count;
 }
 
 /* Session steps */
@@ -361,21 +431,25 @@ static void
 session_fail(struct smtp_client *c, const struct smtp_client_reply *r, struct smtp_client_event *ev)
 {
 	c->failure = *r;
-	for (unsigned i = 0; c->txn_active && i < c->rcpt_count; i++) {
-		if (!c->rs[i].final)
-			c->results[i] = *r;
-		c->rs[i].final = true;
+	for (unsigned k = 0; k < c->slot_count; k++) {
+		struct txn_slot *t = slot_at(c, k);
+
+		for (unsigned i = 0; i < t->rcpt_count; i++) {
+			if (!t->rs[i].final)
+				t->results[i] = *r;
+			t->rs[i].final = true;
+		}
 	}
 	/* Nothing more goes out: what was pending would only confuse a dying session. */
-	c->cmd_start = c->cmd_end = c->cmd_len = 0;
+	c->cmd_start = c->cmd_end = c->cmd.len = 0;
 	c->body_queued = false;
+	c->chunk_unsent = 0;
 	smtp_client_state_set(c, SMTP_CLIENT_CLOSED);
-	ev->type = SMTP_CLIENT_EV_FAILED;
+	if (c->slot_count > 0)
+		txn_event(ev, SMTP_CLIENT_EV_FAILED, txn_head(c));
+	else
+		ev->type = SMTP_CLIENT_EV_FAILED;
 	ev->reply = &c->failure;
-	if (c->txn_active) {
-		ev->results = c->results;
-		ev->rcpt_count = c->rcpt_count;
-	}
 }
 
 static void
@@ -429,11 +503,8 @@ session_hello_done(struct smtp_client *c, struct smtp_client_event *ev)
 static void
 txn_done(struct smtp_client *c, struct smtp_client_event *ev)
 {
-	c->txn_active = false;
 	smtp_client_state_set(c, SMTP_CLIENT_READY);
-	ev->type = SMTP_CLIENT_EV_TXN_DONE;
-	ev->results = c->results;
-	ev->rcpt_count = c->rcpt_count;
+	txn_event(ev, SMTP_CLIENT_EV_TXN_DONE, txn_pop(c));
 }
 
 /* The transaction did not end cleanly: RSET, then TXN_DONE on its reply. */
@@ -445,14 +516,68 @@ txn_rset(struct smtp_client *c)
 }
 
 static void
-txn_result_all(struct smtp_client *c, const struct smtp_client_reply *r, bool accepted_only)
+txn_result_all(struct txn_slot *t, const struct smtp_client_reply *r, bool accepted_only)
 {
-	for (unsigned i = 0; i < c->rcpt_count; i++) {
-		if (c->rs[i].final || (accepted_only && !c->rs[i].accepted))
+	for (unsigned i = 0; i < t->rcpt_count; i++) {
+		if (t->rs[i].final || (accepted_only && !t->rs[i].accepted))
 			continue;
-		c->results[i] = *r;
-		c->rs[i].final = true;
+		t->results[i] = *r;
+		t->rs[i].final = true;
 	}
+}
+
+/* The reply to MAIL; false when it ended the session. */
+static bool
+txn_on_mail(struct smtp_client *c, struct txn_slot *t, struct smtp_client_event *ev)
+{
+	unsigned cls = c->reply.code / 100;
+
+	if (cls != 2 && cls != 4 && cls != 5) {
+		session_protocol_error(c, "unexpected reply to MAIL", ev);
+		return false;
+	}
+	if (cls != 2) {
+		txn_result_all(t, &c->reply, false);
+		t->mail_refused = true;
+	}
+	return true;
+}
+
+/* The reply to the next RCPT; after a refused MAIL it means nothing. */
+static bool
+txn_on_rcpt(struct smtp_client *c, struct txn_slot *t, struct smtp_client_event *ev)
+{
+	unsigned cls = c->reply.code / 100, i = t->rcpt_next;
+
+	assert(i < t->rcpt_count);
+	if (!t->mail_refused && cls == 2) {
+		t->rs[i].accepted = true;
+		t->accepted++;
+	} else if (!t->mail_refused && (cls == 4 || cls == 5)) {
+		t->results[i] = c->reply;
+		t->rs[i].final = true;
+	} else if (!t->mail_refused) {
+		session_protocol_error(c, "unexpected reply to RCPT", ev);
+		return false;
+	}
+	t->rcpt_next++;
+	return true;
+}
+
+/* The final reply of a transaction goes to its accepted recipients. */
+static bool
+txn_on_final(struct smtp_client *c, struct txn_slot *t, const char *what,
+             struct smtp_client_event *ev)
+{
+	unsigned cls = c->reply.code / 100;
+
+	if (t->accepted > 0 && cls != 2 && cls != 4 && cls != 5) {
+		session_protocol_error(c, what, ev);
+		return false;
+	}
+	/* With nobody accepted it ended an empty message: its reply means nothing. */
+	txn_result_all(t, &c->reply, true);
+	return true;
 }
 
 /* Queues the body (or, with no recipient accepted, an empty one to end DATA). */
@@ -528,23 +653,17 @@ on_starttls(struct smtp_client *c, struct smtp_client_event *ev)
 static void
 on_mail(struct smtp_client *c, struct smtp_client_event *ev)
 {
-	unsigned cls = c->reply.code / 100;
+	struct txn_slot *t = txn_head(c);
 
-	if (cls != 2 && cls != 4 && cls != 5) {
-		session_protocol_error(c, "unexpected reply to MAIL", ev);
+	if (!txn_on_mail(c, t, ev))
 		return;
-	}
-	if (cls != 2) {
-		txn_result_all(c, &c->reply, false);
-		c->mail_refused = true;
-	}
 	if (c->pipelining) {
 		/* The RCPT and DATA replies still come, and are consumed in order. */
 		smtp_client_state_set(c, SMTP_CLIENT_RCPT);
-	} else if (c->mail_refused) {
+	} else if (t->mail_refused) {
 		txn_rset(c);
 	} else {
-		cmd_release(c, c->rs[0].cmd_end);
+		cmd_release(c, t->rs[0].cmd_end);
 		smtp_client_state_set(c, SMTP_CLIENT_RCPT);
 	}
 }
@@ -552,26 +671,16 @@ on_mail(struct smtp_client *c, struct smtp_client_event *ev)
 static void
 on_rcpt(struct smtp_client *c, struct smtp_client_event *ev)
 {
-	unsigned cls = c->reply.code / 100, i = c->rcpt_next;
+	struct txn_slot *t = txn_head(c);
 
-	assert(i < c->rcpt_count);
-	if (!c->mail_refused && cls == 2) {
-		c->rs[i].accepted = true;
-		c->accepted++;
-	} else if (!c->mail_refused && (cls == 4 || cls == 5)) {
-		c->results[i] = c->reply;
-		c->rs[i].final = true;
-	} else if (!c->mail_refused) {
-		session_protocol_error(c, "unexpected reply to RCPT", ev);
+	if (!txn_on_rcpt(c, t, ev))
 		return;
-	}
-	c->rcpt_next++;
 	if (c->pipelining) {
-		if (c->rcpt_next == c->rcpt_count)
+		if (t->rcpt_next == t->rcpt_count)
 			smtp_client_state_set(c, SMTP_CLIENT_DATA);
-	} else if (c->rcpt_next < c->rcpt_count) {
-		cmd_release(c, c->rs[c->rcpt_next].cmd_end);
-	} else if (c->accepted > 0) {
+	} else if (t->rcpt_next < t->rcpt_count) {
+		cmd_release(c, t->rs[t->rcpt_next].cmd_end);
+	} else if (t->accepted > 0) {
 		cmd_release(c, c->data_end);
 		smtp_client_state_set(c, SMTP_CLIENT_DATA);
 	} else {
@@ -582,15 +691,16 @@ on_rcpt(struct smtp_client *c, struct smtp_client_event *ev)
 static void
 on_data(struct smtp_client *c, struct smtp_client_event *ev)
 {
+	struct txn_slot *t = txn_head(c);
 	unsigned cls = c->reply.code / 100;
 
-	if (cls == 3 && c->accepted == 0) {
+	if (cls == 3 && t->accepted == 0) {
 		/* Pipelined DATA took although no RCPT did: end it empty, as Postfix does. */
 		txn_body_queue(c, NULL, 0);
 	} else if (cls == 3) {
-		txn_body_queue(c, c->body, c->body_len);
+		txn_body_queue(c, t->body, t->body_len);
 	} else if (cls == 4 || cls == 5) {
-		txn_result_all(c, &c->reply, true);
+		txn_result_all(t, &c->reply, true);
 		txn_rset(c);
 	} else {
 		session_protocol_error(c, "unexpected reply to DATA", ev);
@@ -600,15 +710,33 @@ on_data(struct smtp_client *c, struct smtp_client_event *ev)
 static void
 on_body(struct smtp_client *c, struct smtp_client_event *ev)
 {
-	unsigned cls = c->reply.code / 100;
+	if (txn_on_final(c, txn_head(c), "unexpected reply to end of data", ev))
+		txn_done(c, ev);
+}
 
-	if (c->accepted > 0 && cls != 2 && cls != 4 && cls != 5) {
-		session_protocol_error(c, "unexpected reply to end of data", ev);
+/* Replies of BDAT transactions, in order: [RSET], MAIL, each RCPT, BDAT. */
+static void
+on_chunk(struct smtp_client *c, struct smtp_client_event *ev)
+{
+	struct txn_slot *t = txn_head(c);
+	unsigned step = t->replies++;
+
+	if (t->rset && step == 0) {
+		if (c->reply.code / 100 != 2)
+			session_refused(c, "unexpected reply to RSET", ev);
 		return;
 	}
-	/* With nobody accepted this ended an empty DATA: its reply means nothing. */
-	txn_result_all(c, &c->reply, true);
-	txn_done(c, ev);
+	step -= t->rset ? 1 : 0;
+	if (step == 0) {
+		txn_on_mail(c, t, ev);
+	} else if (step <= t->rcpt_count) {
+		txn_on_rcpt(c, t, ev);
+	} else if (txn_on_final(c, t, "unexpected reply to BDAT", ev)) {
+		c->need_rset = c->reply.code / 100 != 2;
+		txn_event(ev, SMTP_CLIENT_EV_TXN_DONE, txn_pop(c));
+		if (c->slot_count == 0)
+			smtp_client_state_set(c, SMTP_CLIENT_READY);
+	}
 }
 
 static void
@@ -643,7 +771,7 @@ static void (*const smtp_client_reply_handlers[])(struct smtp_client *c,
     [SMTP_CLIENT_MAIL] = on_mail,         [SMTP_CLIENT_RCPT] = on_rcpt,
     [SMTP_CLIENT_DATA] = on_data,         [SMTP_CLIENT_BODY] = on_body,
     [SMTP_CLIENT_RSET] = on_rset,         [SMTP_CLIENT_QUIT] = on_quit,
-    [SMTP_CLIENT_CLOSED] = NULL,
+    [SMTP_CLIENT_CLOSED] = NULL,          [SMTP_CLIENT_CHUNK] = on_chunk,
 };
 
 static void
@@ -747,7 +875,7 @@ smtp_client_feed(struct smtp_client *c, const uint8_t *in, size_t len, struct sm
 		if (c->state == SMTP_CLIENT_TLS_WAIT || c->state == SMTP_CLIENT_CLOSED)
 			return len;
 		/* A reply is only read once the command it answers has gone out. */
-		if (smtp_client_output_pending(c))
+		if (smtp_client_input_blocked(c))
 			return used;
 		used += line_feed(c, in + used, len - used, ev);
 	}
@@ -828,49 +956,60 @@ txn_check(const struct smtp_client_txn *t, bool *utf8)
 }
 
 static int
-txn_reserve(struct smtp_client *c, unsigned count)
+txn_reserve(struct txn_slot *t, unsigned count)
 {
 	struct smtp_client_reply *res;
 	struct rcpt_state *rs;
 
-	if (count <= c->rcpt_cap)
+	if (count <= t->rcpt_cap)
 		return 0;
-	res = realloc(c->results, count * sizeof(*res));
+	res = realloc(t->results, count * sizeof(*res));
 	if (res == NULL)
 		return -ENOMEM;
-	c->results = res;
-	rs = realloc(c->rs, count * sizeof(*rs));
+	t->results = res;
+	rs = realloc(t->rs, count * sizeof(*rs));
 	if (rs == NULL)
 		return -ENOMEM;
-	c->rs = rs;
-	c->rcpt_cap = count;
+	t->rs = rs;
+	t->rcpt_cap = count;
 	return 0;
 }
 
-/* MAIL, every RCPT and DATA, as one batch; extensions only where the peer has them. */
+/*
+ * MAIL, every RCPT and DATA into the session's batch; or, for BDAT, [RSET], MAIL,
+ * every RCPT and BDAT into the transaction's text. Extensions only where the peer
+ * has them.
+ */
 static int
-txn_format(struct smtp_client *c, const struct smtp_client_txn *t, bool utf8)
+txn_format(struct smtp_client *c, struct txn_slot *t, const struct smtp_client_txn *tx, bool utf8)
 {
+	struct cmd_buf *b = t->bdat ? &t->text : &c->cmd;
 	bool dsn = c->caps & SMTP_CLIENT_CAP_DSN;
 	struct cmd_line l = {.len = 0};
-	int r;
+	int r = 0;
 
-	cmd_line_add(&l, "MAIL FROM:<%s>", t->sender);
+	if (t->rset) {
+		cmd_line_add(&l, "RSET\r\n");
+		r = cmd_put(b, &l);
+		l.len = 0;
+	}
+	cmd_line_add(&l, "MAIL FROM:<%s>", tx->sender);
 	if (c->caps & SMTP_CLIENT_CAP_SIZE)
-		cmd_line_add(&l, " SIZE=%zu", t->body_len);
-	if (t->body_8bit && (c->caps & SMTP_CLIENT_CAP_8BITMIME))
+		cmd_line_add(&l, " SIZE=%zu", tx->body_len);
+	if (tx->body_8bit && (c->caps & SMTP_CLIENT_CAP_8BITMIME))
 		cmd_line_add(&l, " BODY=8BITMIME");
 	if (utf8)
 		cmd_line_add(&l, " SMTPUTF8");
-	if (dsn && t->ret != NULL)
-		cmd_line_add(&l, " RET=%s", t->ret);
-	if (dsn && t->envid != NULL)
-		cmd_line_add(&l, " ENVID=%s", t->envid);
+	if (dsn && tx->ret != NULL)
+		cmd_line_add(&l, " RET=%s", tx->ret);
+	if (dsn && tx->envid != NULL)
+		cmd_line_add(&l, " ENVID=%s", tx->envid);
 	cmd_line_add(&l, "\r\n");
-	r = cmd_put(c, &l);
-	c->mail_end = c->cmd_len;
-	for (unsigned i = 0; r == 0 && i < t->rcpt_count; i++) {
-		const struct smtp_client_rcpt *rc = &t->rcpts[i];
+	if (r == 0)
+		r = cmd_put(b, &l);
+	c->mail_end = b->len;
+	for (unsigned i = 0; r == 0 && i < tx->rcpt_count; i++) {
+		const struct smtp_client_rcpt *rc = &tx->rcpts[i];
 
 		l.len = 0;
 		cmd_line_add(&l, "RCPT TO:<%s>", rc->address);
@@ -879,89 +1018,148 @@ txn_format(struct smtp_client *c, const struct smtp_client_txn *t, bool utf8)
 		if (dsn && rc->orcpt != NULL)
 			cmd_line_add(&l, " ORCPT=%s", rc->orcpt);
 		cmd_line_add(&l, "\r\n");
-		r = cmd_put(c, &l);
-		c->rs[i] = (struct rcpt_state){.cmd_end = c->cmd_len};
+		r = cmd_put(b, &l);
+		t->rs[i] = (struct rcpt_state){.cmd_end = b->len};
 	}
 	l.len = 0;
-	cmd_line_add(&l, "DATA\r\n");
+	if (t->bdat)
+		cmd_line_add(&l, "BDAT %zu LAST\r\n", tx->body_len + (t->crlf ? 2 : 0));
+	else
+		cmd_line_add(&l, "DATA\r\n");
 	if (r == 0)
-		r = cmd_put(c, &l);
-	c->data_end = c->cmd_len;
+		r = cmd_put(b, &l);
+	c->data_end = b->len;
 	return r;
 }
 
-/* Refuses every recipient before anything is sent. */
 static void
-txn_refuse(struct smtp_client *c, const struct smtp_client_reply *r, struct smtp_client_event *ev)
+txn_start(struct smtp_client *c, struct txn_slot *t, const struct smtp_client_txn *tx)
 {
-	for (unsigned i = 0; i < c->rcpt_count; i++)
-		c->results[i] = *r;
-	c->txn_active = false;
-	ev->type = SMTP_CLIENT_EV_TXN_DONE;
-	ev->results = c->results;
-	ev->rcpt_count = c->rcpt_count;
+	const uint8_t *end = tx->body + tx->body_len;
+
+	t->bdat = c->params.chunking && (c->caps & SMTP_CLIENT_CAP_PIPELINING) &&
+	          (c->caps & SMTP_CLIENT_CAP_CHUNKING);
+	/* as DATA's end does, a body that does not end a line gets one */
+	t->crlf =
+	    t->bdat && tx->body_len > 0 && (tx->body_len < 2 || end[-2] != '\r' || end[-1] != '\n');
+	t->rset = t->bdat && (c->slot_count > 0 || c->need_rset);
+	t->mail_refused = false;
+	t->rcpt_count = tx->rcpt_count;
+	t->rcpt_next = 0;
+	t->accepted = 0;
+	t->replies = 0;
+	t->out_off = 0;
+	t->text.len = 0;
+	t->body = tx->body;
+	t->body_len = tx->body_len;
+	memset(t->results, 0, tx->rcpt_count * sizeof(t->results[0]));
 }
 
+/* Every recipient refused before anything was sent; the transaction is not in flight. */
 static void
-txn_start(struct smtp_client *c, const struct smtp_client_txn *t)
+txn_refuse(struct txn_slot *t, const struct smtp_client_reply *r, struct smtp_client_event *ev)
 {
-	c->txn_active = true;
-	c->pipelining = c->caps & SMTP_CLIENT_CAP_PIPELINING;
-	c->mail_refused = false;
-	c->rcpt_count = t->rcpt_count;
-	c->rcpt_next = 0;
-	c->accepted = 0;
-	c->body = t->body;
-	c->body_len = t->body_len;
-	memset(c->results, 0, t->rcpt_count * sizeof(c->results[0]));
+	for (unsigned i = 0; i < t->rcpt_count; i++)
+		t->results[i] = *r;
+	txn_event(ev, SMTP_CLIENT_EV_TXN_DONE, t);
+}
+
+/* Nothing can be sent that the peer would take: the refusal, or NULL. */
+static bool
+txn_refusal(const struct smtp_client *c, const struct smtp_client_txn *tx, bool utf8,
+            struct smtp_client_reply *r)
+{
+	if (c->size_max > 0 && tx->body_len > c->size_max) {
+		reply_make(r, 552, "5.3.4", "Message size %zu exceeds the peer's limit %zu",
+		           tx->body_len, c->size_max);
+		return true;
+	}
+	if (utf8 && !(c->caps & SMTP_CLIENT_CAP_SMTPUTF8)) {
+		reply_make(r, 553, "5.6.7",
+		           "SMTPUTF8 is required, but was not offered by the peer");
+		return true;
+	}
+	return false;
+}
+
+/* The formatted transaction goes out. */
+static void
+txn_push(struct smtp_client *c, struct txn_slot *t)
+{
+	c->slot_count++;
+	if (!t->bdat) {
+		cmd_release(c, c->pipelining ? c->data_end : c->mail_end);
+		smtp_client_state_set(c, SMTP_CLIENT_MAIL);
+		return;
+	}
+	c->need_rset = false;
+	c->chunk_unsent += slot_out_len(t);
+	if (c->state != SMTP_CLIENT_CHUNK)
+		smtp_client_state_set(c, SMTP_CLIENT_CHUNK);
 }
 
 int
-smtp_client_send(struct smtp_client *c, const struct smtp_client_txn *t,
+smtp_client_send(struct smtp_client *c, const struct smtp_client_txn *tx,
                  struct smtp_client_event *ev)
 {
 	struct smtp_client_reply refusal;
+	struct txn_slot *t;
 	bool utf8;
 	int r;
 
 	assert(c);
-	assert(t);
+	assert(tx);
 	assert(ev);
 	memset(ev, 0, sizeof(*ev));
-	if (c->state != SMTP_CLIENT_READY)
+	if (!smtp_client_can_send(c))
 		return -EBUSY;
-	if (t->rcpt_count > c->params.rcpt_count_max)
+	if (tx->rcpt_count > c->params.rcpt_count_max)
 		return -E2BIG;
-	utf8 = t->smtputf8;
-	r = txn_check(t, &utf8);
+	utf8 = tx->smtputf8;
+	r = txn_check(tx, &utf8);
 	if (r < 0)
 		return r;
-	r = txn_reserve(c, t->rcpt_count);
+	t = slot_at(c, c->slot_count);
+	r = txn_reserve(t, tx->rcpt_count);
 	if (r < 0)
 		return r;
-	c->txn_active = false;
-	cmd_reset(c);
-	r = txn_format(c, t, utf8 && (c->caps & SMTP_CLIENT_CAP_SMTPUTF8));
-	if (r < 0) {
+	c->pipelining = c->caps & SMTP_CLIENT_CAP_PIPELINING;
+	txn_start(c, t, tx);
+	if (!t->bdat)
 		cmd_reset(c);
+	r = txn_format(c, t, tx, utf8 && (c->caps & SMTP_CLIENT_CAP_SMTPUTF8));
+	if (r < 0 || txn_refusal(c, tx, utf8, &refusal)) {
+		c->cmd.len = 0;
+		t->text.len = 0;
+		if (r == 0)
+			txn_refuse(t, &refusal, ev);
 		return r;
 	}
-	txn_start(c, t);
-	if (c->size_max > 0 && t->body_len > c->size_max) {
-		reply_make(&refusal, 552, "5.3.4", "Message size %zu exceeds the peer's limit %zu",
-		           t->body_len, c->size_max);
-		c->cmd_len = 0;
-		txn_refuse(c, &refusal, ev);
-	} else if (utf8 && !(c->caps & SMTP_CLIENT_CAP_SMTPUTF8)) {
-		reply_make(&refusal, 553, "5.6.7",
-		           "SMTPUTF8 is required, but was not offered by the peer");
-		c->cmd_len = 0;
-		txn_refuse(c, &refusal, ev);
-	} else {
-		cmd_release(c, c->pipelining ? c->data_end : c->mail_end);
-		smtp_client_state_set(c, SMTP_CLIENT_MAIL);
-	}
+	txn_push(c, t);
 	return 0;
+}
+
+bool
+smtp_client_can_send(const struct smtp_client *c)
+{
+	assert(c);
+	return c->state == SMTP_CLIENT_READY ||
+	       (c->state == SMTP_CLIENT_CHUNK && c->slot_count < c->params.txn_window);
+}
+
+void
+smtp_client_next_failed(struct smtp_client *c, struct smtp_client_event *ev)
+{
+	assert(c);
+	assert(ev);
+	memset(ev, 0, sizeof(*ev));
+	if (c->state != SMTP_CLIENT_CLOSED || c->slot_count == 0)
+		return;
+	txn_pop(c);
+	if (c->slot_count > 0) {
+		txn_event(ev, SMTP_CLIENT_EV_FAILED, txn_head(c));
+		ev->reply = &c->failure;
+	}
 }
 
 int
@@ -1088,6 +1286,57 @@ body_advance(const struct smtp_client *c, struct body_cursor *cur, size_t n)
 	}
 }
 
+/* BDAT transactions: text, body and crlf of each, from the first not yet written. */
+
+/* The part of t's output at off: its bytes in *p, its length returned (0 when all is out). */
+static size_t
+chunk_segment(const struct txn_slot *t, size_t off, const void **p)
+{
+	if (off < t->text.len) {
+		*p = t->text.p + off;
+		return t->text.len - off;
+	}
+	off -= t->text.len;
+	if (off < t->body_len) {
+		*p = t->body + off;
+		return t->body_len - off;
+	}
+	off -= t->body_len;
+	*p = "\r\n" + off;
+	return t->crlf && off < 2 ? 2 - off : 0;
+}
+
+static unsigned
+chunk_output(const struct smtp_client *c, struct iovec *iov, unsigned n, unsigned max)
+{
+	for (unsigned k = 0; k < c->slot_count && n < max; k++) {
+		const struct txn_slot *t = slot_at(c, k);
+		size_t off = t->out_off, len;
+		const void *p;
+
+		while (n < max && (len = chunk_segment(t, off, &p)) > 0) {
+			iov[n++] = (struct iovec){(void *)p, len};
+			off += len;
+		}
+	}
+	return n;
+}
+
+static void
+chunk_consume(struct smtp_client *c, size_t n)
+{
+	assert(n <= c->chunk_unsent);
+	c->chunk_unsent -= n;
+	for (unsigned k = 0; k < c->slot_count && n > 0; k++) {
+		struct txn_slot *t = slot_at(c, k);
+		size_t take = slot_out_len(t) - t->out_off;
+
+		take = n < take ? n : take;
+		t->out_off += take;
+		n -= take;
+	}
+}
+
 unsigned
 smtp_client_output(const struct smtp_client *c, struct iovec *iov, unsigned max)
 {
@@ -1098,8 +1347,10 @@ smtp_client_output(const struct smtp_client *c, struct iovec *iov, unsigned max)
 
 	assert(c);
 	assert(iov || max == 0);
+	if (c->chunk_unsent > 0)
+		return chunk_output(c, iov, n, max);
 	if (c->cmd_start < c->cmd_end && n < max)
-		iov[n++] = (struct iovec){c->cmd + c->cmd_start, c->cmd_end - c->cmd_start};
+		iov[n++] = (struct iovec){c->cmd.p + c->cmd_start, c->cmd_end - c->cmd_start};
 	if (!c->body_queued)
 		return n;
 	cur = c->cur;
@@ -1120,6 +1371,10 @@ smtp_client_output_consume(struct smtp_client *c, size_t n)
 	/* After a failure nothing is pending: late write completions change nothing. */
 	if (c->state == SMTP_CLIENT_CLOSED)
 		return;
+	if (c->chunk_unsent > 0) {
+		chunk_consume(c, n);
+		return;
+	}
 	assert(n <= take || c->body_queued);
 	take = n < take ? n : take;
 	c->cmd_start += take;
@@ -1142,7 +1397,19 @@ bool
 smtp_client_output_pending(const struct smtp_client *c)
 {
 	assert(c);
-	return c->cmd_start < c->cmd_end || c->body_queued;
+	return c->cmd_start < c->cmd_end || c->body_queued || c->chunk_unsent > 0;
+}
+
+bool
+smtp_client_input_blocked(const struct smtp_client *c)
+{
+	assert(c);
+	if (c->state == SMTP_CLIENT_CHUNK) {
+		const struct txn_slot *t = txn_head(c);
+
+		return t->out_off < slot_out_len(t);
+	}
+	return smtp_client_output_pending(c);
 }
 
 /* Session */
@@ -1160,22 +1427,27 @@ smtp_client_new(const struct smtp_client_params *p)
 	assert(p->reply_line_max <= SMTP_CLIENT_REPLY_LINE_CAP);
 	assert(p->reply_lines_max > 0);
 	assert(p->rcpt_count_max > 0);
+	assert(p->txn_window >= 1 && p->txn_window <= SMTP_CLIENT_TXN_WINDOW_MAX);
 	c = calloc(1, sizeof(*c));
 	if (c == NULL)
 		return NULL;
 	c->line = malloc(p->reply_line_max);
-	c->cmd = malloc(SMTP_CLIENT_CMD_MAX);
-	if (c->line == NULL || c->cmd == NULL)
+	c->cmd.p = malloc(SMTP_CLIENT_CMD_MAX);
+	c->slots = calloc(p->txn_window, sizeof(*c->slots));
+	if (c->line == NULL || c->cmd.p == NULL || c->slots == NULL)
 		goto fail;
 	c->params = *p;
-	c->cmd_cap = SMTP_CLIENT_CMD_MAX;
-	c->cmd_cap_max = ((size_t)p->rcpt_count_max + 2) * SMTP_CLIENT_CMD_MAX;
+	c->cmd.cap = SMTP_CLIENT_CMD_MAX;
+	c->cmd.cap_max = ((size_t)p->rcpt_count_max + 2) * SMTP_CLIENT_CMD_MAX;
+	for (unsigned k = 0; k < p->txn_window; k++)
+		c->slots[k].text.cap_max = ((size_t)p->rcpt_count_max + 3) * SMTP_CLIENT_CMD_MAX;
 	c->tls_active = p->tls_active;
 	c->state = SMTP_CLIENT_GREETING;
 	return c;
 fail:
 	free(c->line);
-	free(c->cmd);
+	free(c->cmd.p);
+	free(c->slots);
 	free(c);
 	return NULL;
 }
@@ -1186,9 +1458,13 @@ smtp_client_free(struct smtp_client *c)
 	if (c == NULL)
 		return;
 	free(c->line);
-	free(c->cmd);
-	free(c->results);
-	free(c->rs);
+	free(c->cmd.p);
+	for (unsigned k = 0; k < c->params.txn_window; k++) {
+		free(c->slots[k].results);
+		free(c->slots[k].rs);
+		free(c->slots[k].text.p);
+	}
+	free(c->slots);
 	free(c);
 }
 

@@ -13,6 +13,15 @@
  * smtp_client_quit(). With PIPELINING, MAIL, every RCPT and DATA go out in one
  * batch (RFC 2920) and their replies are matched in order.
  *
+ * With PIPELINING and CHUNKING (RFC 3030) and params.chunking, a transaction is
+ * MAIL, its RCPTs and "BDAT <size> LAST" followed by the body as it is (no
+ * stuffing), all in one batch, and up to params.txn_window transactions may be in
+ * flight at once (state CHUNK): smtp_client_send() is allowed while
+ * smtp_client_can_send(), and TXN_DONE events come in the order of the sends. A
+ * transaction sent while another is in flight, or after one that did not end with
+ * a 2xx, starts with RSET, so that no server can hold a failed transaction's
+ * state against the next one.
+ *
  * Made-up results (remote = false) use these codes: peer's SIZE too small 552 5.3.4;
  * SMTPUTF8 needed but not offered 553 5.6.7; TLS required but not available 451 4.7.4;
  * malformed or oversized replies 451 4.4.2; smtp_client_abort(): 451 4.4.2 (lost,
@@ -49,6 +58,7 @@ enum smtp_client_state {
 	SMTP_CLIENT_DATA,     /* waiting for the DATA reply (354) */
 	SMTP_CLIENT_BODY,     /* body queued, waiting for the final reply */
 	SMTP_CLIENT_RSET,     /* the transaction failed; RSET sent */
+	SMTP_CLIENT_CHUNK,    /* BDAT transactions in flight */
 	SMTP_CLIENT_QUIT,     /* QUIT sent */
 	SMTP_CLIENT_CLOSED,   /* after SMTP_CLIENT_EV_FAILED or _CLOSED: input is discarded */
 };
@@ -67,6 +77,9 @@ enum smtp_client_tls_mode {
 #define SMTP_CLIENT_CAP_DSN                 0x10u
 #define SMTP_CLIENT_CAP_STARTTLS            0x20u
 #define SMTP_CLIENT_CAP_ENHANCEDSTATUSCODES 0x40u
+#define SMTP_CLIENT_CAP_CHUNKING            0x80u
+
+#define SMTP_CLIENT_TXN_WINDOW_MAX 64 /* the largest txn_window accepted */
 
 struct smtp_client_params {
 	const char *helo_name; /* our name for EHLO/HELO; must outlive the session */
@@ -75,6 +88,8 @@ struct smtp_client_params {
 	size_t reply_line_max;    /* octets with CRLF, SMTP_CLIENT_REPLY_LINE_MIN..._CAP */
 	unsigned reply_lines_max; /* lines in one reply; more is a protocol error */
 	unsigned rcpt_count_max;  /* recipients per smtp_client_send() */
+	bool chunking;            /* BDAT when the peer has CHUNKING and PIPELINING */
+	unsigned txn_window;      /* BDAT transactions in flight, 1..SMTP_CLIENT_TXN_WINDOW_MAX */
 };
 
 /* A server reply, or one made up for it (remote = false). */
@@ -124,7 +139,9 @@ struct smtp_client_event {
 	 * order, valid until the next smtp_client_send() or smtp_client_free(). An
 	 * accepted RCPT gets the final reply to the body (or to DATA); a refused RCPT
 	 * keeps its own reply; a refused MAIL gives its reply to all. On FAILED, the
-	 * recipients without such a final reply get the failure reply.
+	 * recipients without such a final reply get the failure reply. With several
+	 * transactions in flight, FAILED reports the oldest; smtp_client_next_failed()
+	 * gives the others.
 	 */
 	const struct smtp_client_reply *results;
 	unsigned rcpt_count;
@@ -144,9 +161,9 @@ void smtp_client_free(struct smtp_client *c);
 
 /*
  * Consumes reply bytes; returns the number used and stops at the first event
- * (ev->type != NONE). While output is pending it uses nothing and returns with
- * SMTP_CLIENT_EV_NONE: feed the rest once smtp_client_output_consume() has taken
- * it all. In TLS_WAIT and CLOSED all len bytes count as used (discarded), and so do
+ * (ev->type != NONE). While smtp_client_input_blocked() it uses nothing and returns
+ * with SMTP_CLIENT_EV_NONE: feed the rest once smtp_client_output_consume() has
+ * taken enough. In TLS_WAIT and CLOSED all len bytes count as used (discarded), and so do
  * bytes after the 220 that raises SMTP_CLIENT_EV_STARTTLS. Any split of the input
  * gives the same output and events; memory stays bounded by the params' limits.
  */
@@ -154,7 +171,7 @@ size_t smtp_client_feed(struct smtp_client *c, const uint8_t *in, size_t len,
                         struct smtp_client_event *ev);
 
 /*
- * Starts a transaction; only in READY. Returns 0 with ev->type NONE and the
+ * Starts a transaction; only while smtp_client_can_send(). Returns 0 with ev->type NONE and the
  * commands queued, or 0 with SMTP_CLIENT_EV_TXN_DONE when nothing can be sent
  * (body over the peer's SIZE: 552 5.3.4; SMTPUTF8 needed, not offered: 553 5.6.7).
  * Errors, with nothing queued: -EBUSY (not READY), -EINVAL (no recipients, a bad
@@ -163,6 +180,15 @@ size_t smtp_client_feed(struct smtp_client *c, const uint8_t *in, size_t len,
  */
 int smtp_client_send(struct smtp_client *c, const struct smtp_client_txn *t,
                      struct smtp_client_event *ev);
+
+/* READY, or CHUNK with fewer than txn_window transactions in flight. */
+bool smtp_client_can_send(const struct smtp_client *c);
+
+/*
+ * After SMTP_CLIENT_EV_FAILED: the next transaction that was in flight, as another
+ * SMTP_CLIENT_EV_FAILED with its results; SMTP_CLIENT_EV_NONE when none is left.
+ */
+void smtp_client_next_failed(struct smtp_client *c, struct smtp_client_event *ev);
 
 /* Queues QUIT; only in READY (else -EBUSY). Any reply then gives SMTP_CLIENT_EV_CLOSED. */
 int smtp_client_quit(struct smtp_client *c);
@@ -189,6 +215,9 @@ unsigned smtp_client_output(const struct smtp_client *c, struct iovec *iov, unsi
 void smtp_client_output_consume(struct smtp_client *c, size_t n);
 
 bool smtp_client_output_pending(const struct smtp_client *c);
+
+/* The next reply answers a command not yet sent in full: keep input until it is. */
+bool smtp_client_input_blocked(const struct smtp_client *c);
 
 enum smtp_client_state smtp_client_state(const struct smtp_client *c);
 const char *smtp_client_state_name(enum smtp_client_state st);

@@ -105,6 +105,7 @@ struct conn {
 #define OUT_CONN_MAX           WORKER_OUT_CONN_MAX
 #define OUT_ADDRS_MAX          16          /* addresses tried per connection */
 #define OUT_IOV_MAX            64          /* iovecs in one send */
+#define OUT_TXN_WINDOW         16          /* BDAT transactions in flight per connection */
 #define OUT_STASH_MAX          (64 * 1024) /* reply bytes held while our output is pending */
 #define OUT_CONNECT_TIMEOUT_MS 30000
 #define OUT_IDLE_MS            2000       /* an idle connection waits this long for more work */
@@ -117,6 +118,18 @@ struct conn {
 struct out_rcpt_dsn {
 	char notify[SMTP_CLIENT_NOTIFY_MAX];
 	char orcpt[SMTP_CLIENT_ORCPT_MAX + 1];
+};
+
+/* One transaction on a connection: its job and what the engine reads while it runs. */
+struct out_txn {
+	struct sched_job *job;
+	struct smtp_client_rcpt *rcpts;
+	struct out_rcpt_dsn *rcpt_dsn;
+	unsigned rcpt_cap;
+	char ret[8];
+	char body_type[16];
+	char envid[SMTP_CLIENT_ENVID_MAX + 1];
+	uint8_t *body; /* the body read back from the journal, when evicted */
 };
 
 struct oconn {
@@ -139,15 +152,9 @@ struct oconn {
 	unsigned messages; /* transactions on this connection */
 	bool session_ok;   /* got to READY once: later failures are not the address's fault */
 
-	/* the transaction in progress */
-	struct sched_job *job;
-	struct queue_message *msg;
-	struct smtp_client_rcpt *rcpts;
-	struct out_rcpt_dsn *rcpt_dsn;
-	char ret[8];
-	char body_type[16];
-	char envid[SMTP_CLIENT_ENVID_MAX + 1];
-	uint8_t *body; /* the body read back from the journal, when evicted */
+	/* transactions in flight, a ring in the order they were sent */
+	struct out_txn txns[OUT_TXN_WINDOW];
+	unsigned txn_head, txn_count;
 
 	struct iovec iov[OUT_IOV_MAX];
 	struct msghdr mh;

@@ -62,6 +62,15 @@ out_init(struct worker *w)
 	return 0;
 }
 
+static void
+out_txn_free(struct out_txn *t)
+{
+	free(t->job);
+	free(t->rcpts);
+	free(t->rcpt_dsn);
+	free(t->body);
+}
+
 void
 out_free(struct worker *w)
 {
@@ -70,10 +79,8 @@ out_free(struct worker *w)
 		if (oc->fd >= 0)
 			close(oc->fd);
 		smtp_client_free(oc->smtp);
-		free(oc->job);
-		free(oc->rcpts);
-		free(oc->rcpt_dsn);
-		free(oc->body);
+		for (unsigned k = 0; k < OUT_TXN_WINDOW; k++)
+			out_txn_free(&oc->txns[k]);
 		free(oc->stash);
 	}
 	sched_free(w->sched);
@@ -597,11 +604,10 @@ static void
 oconn_release(struct worker *w, struct oconn *oc)
 {
 	assert(oc->inflight == 0);
-	assert(oc->job == NULL);
+	assert(oc->txn_count == 0);
 	smtp_client_free(oc->smtp);
-	free(oc->rcpts);
-	free(oc->rcpt_dsn);
-	free(oc->body);
+	for (unsigned k = 0; k < OUT_TXN_WINDOW; k++)
+		out_txn_free(&oc->txns[k]);
 	free(oc->stash);
 	uint32_t gen = oc->gen + 1;
 	*oc = (struct oconn){.fd = -1, .gen = gen};
@@ -622,7 +628,7 @@ oconn_unidle(struct oconn *oc)
 	oc->next_idle = NULL;
 }
 
-/* Closes the connection; a job still on it goes back as deferred with `text`. */
+/* Closes the connection; jobs still on it go back as deferred with `text`. */
 static void
 oconn_close(struct worker *w, struct oconn *oc, const char *text)
 {
@@ -634,9 +640,11 @@ oconn_close(struct worker *w, struct oconn *oc, const char *text)
 		dns_cancel(w->dns, oc->dns_id);
 		oc->dns_id = 0;
 	}
-	if (oc->job != NULL) {
-		out_fail_job(w, oc->job, 451, text, oc->peer_text);
-		oc->job = NULL;
+	for (; oc->txn_count > 0; oc->txn_count--) {
+		struct out_txn *t = &oc->txns[oc->txn_head];
+		out_fail_job(w, t->job, 451, text, oc->peer_text);
+		t->job = NULL;
+		oc->txn_head = (oc->txn_head + 1) % OUT_TXN_WINDOW;
 	}
 	if (oc->fd >= 0) {
 		shutdown(oc->fd, SHUT_RDWR);
@@ -684,6 +692,8 @@ out_client_new(const struct worker *w)
 	    .reply_line_max = SMTP_CLIENT_REPLY_LINE_CAP,
 	    .reply_lines_max = 100,
 	    .rcpt_count_max = w->cfg->limits_max_recipients,
+	    .chunking = true,
+	    .txn_window = OUT_TXN_WINDOW,
 	};
 
 	return smtp_client_new(&p);
@@ -935,7 +945,7 @@ out_conn_failed(struct worker *w, struct oconn *oc, const char *why)
 		oc->fd = -1;
 	}
 	oc->connecting = false;
-	if (!oc->session_ok && oc->job == NULL && out_connect(w, oc))
+	if (!oc->session_ok && oc->txn_count == 0 && out_connect(w, oc))
 		return;
 	struct log_line *l = log_begin(CONFIG_LOG_WARNING, NULL, "destination-failed");
 	log_str(l, "dest", d->route.key);
@@ -954,7 +964,7 @@ out_feed(struct worker *w, struct oconn *oc, const uint8_t *in, size_t len)
 {
 	while (len > 0 && !oc->closing) {
 		struct smtp_client_event ev;
-		if (smtp_client_output_pending(oc->smtp)) {
+		if (smtp_client_input_blocked(oc->smtp)) {
 			/* replies wait until what they answer has been sent */
 			if (oc->stash_len + len > OUT_STASH_MAX) {
 				oconn_close(w, oc, "451 4.4.2 peer sent too much ahead");
@@ -1010,7 +1020,7 @@ out_on_send(struct worker *w, struct oconn *oc, int res)
 		return;
 	}
 	smtp_client_output_consume(oc->smtp, (size_t)res);
-	if (!smtp_client_output_pending(oc->smtp) && oc->stash_len > 0) {
+	if (!smtp_client_input_blocked(oc->smtp) && oc->stash_len > 0) {
 		uint8_t *held = oc->stash;
 		size_t len = oc->stash_len;
 		oc->stash = NULL;
@@ -1104,21 +1114,21 @@ out_on_cqe(struct worker *w, enum worker_op op, uint64_t ud, int res, unsigned f
 
 static void out_next(struct worker *w, struct oconn *oc);
 
-/* The results of the connection's job, as the engine gives them. */
+/* The results of a transaction's job, as the engine gives them; the job is over. */
 static void
-out_job_done(struct worker *w, struct oconn *oc, const struct smtp_client_reply *results,
-             unsigned n)
+out_txn_done(struct worker *w, struct oconn *oc, struct out_txn *t,
+             const struct smtp_client_reply *results, unsigned n)
 {
-	struct sched_job *job = oc->job;
+	struct sched_job *job = t->job;
 	struct queue_message *m = queue_find(w->queue, job->id);
 	struct out_result *res = calloc(job->rcpt_count, sizeof(*res));
 	const char *relay =
 	    oc->addr_next > 0 ? oc->hosts[oc->addr_host[oc->addr_next - 1]] : oc->dest->route.host;
 
 	assert(n == job->rcpt_count);
-	oc->job = NULL;
-	free(oc->body);
-	oc->body = NULL;
+	t->job = NULL;
+	free(t->body);
+	t->body = NULL;
 	if (m != NULL && res != NULL) {
 		for (unsigned i = 0; i < n; i++) {
 			m->rcpts[job->rcpt[i]].next_attempt_ms = 0;
@@ -1136,6 +1146,38 @@ out_job_done(struct worker *w, struct oconn *oc, const struct smtp_client_reply 
 	oc->messages++;
 }
 
+/* The oldest transaction in flight ended with these results. */
+static void
+out_head_done(struct worker *w, struct oconn *oc, const struct smtp_client_event *ev)
+{
+	struct out_txn *t = &oc->txns[oc->txn_head];
+
+	assert(oc->txn_count > 0);
+	oc->txn_head = (oc->txn_head + 1) % OUT_TXN_WINDOW;
+	oc->txn_count--;
+	out_txn_done(w, oc, t, ev->results, ev->rcpt_count);
+}
+
+/* A failed session: every transaction in flight gets its results, then the connection closes. */
+static void
+out_session_failed(struct worker *w, struct oconn *oc, const struct smtp_client_event *ev)
+{
+	const char *why = ev->reply != NULL ? ev->reply->text : "451 4.4.2 failed";
+
+	if (oc->txn_count == 0 && !oc->session_ok) {
+		out_conn_failed(w, oc, why);
+		return;
+	}
+	if (oc->txn_count > 0 && ev->results != NULL) {
+		struct smtp_client_event more = *ev;
+		do {
+			out_head_done(w, oc, &more);
+			smtp_client_next_failed(oc->smtp, &more);
+		} while (more.type == SMTP_CLIENT_EV_FAILED && oc->txn_count > 0);
+	}
+	oconn_close(w, oc, why);
+}
+
 static void
 out_event(struct worker *w, struct oconn *oc, const struct smtp_client_event *ev)
 {
@@ -1147,17 +1189,11 @@ out_event(struct worker *w, struct oconn *oc, const struct smtp_client_event *ev
 		out_next(w, oc);
 		break;
 	case SMTP_CLIENT_EV_TXN_DONE:
-		out_job_done(w, oc, ev->results, ev->rcpt_count);
+		out_head_done(w, oc, ev);
 		out_next(w, oc);
 		break;
 	case SMTP_CLIENT_EV_FAILED:
-		if (oc->job != NULL && ev->results != NULL) {
-			out_job_done(w, oc, ev->results, ev->rcpt_count);
-		} else if (!oc->session_ok) {
-			out_conn_failed(w, oc, ev->reply != NULL ? ev->reply->text : "failed");
-			return;
-		}
-		oconn_close(w, oc, ev->reply != NULL ? ev->reply->text : "451 4.4.2 failed");
+		out_session_failed(w, oc, ev);
 		break;
 	case SMTP_CLIENT_EV_CLOSED:
 		oconn_close(w, oc, "451 4.4.2 closed");
@@ -1171,80 +1207,102 @@ out_event(struct worker *w, struct oconn *oc, const struct smtp_client_event *ev
 	}
 }
 
-/* Starts the job on the connection; false when it could not be sent (it is then finished). */
-static bool
-out_start(struct worker *w, struct oconn *oc, struct sched_job *job)
+/* Every recipient of a transaction that could not be sent gets a made-up 554. */
+static void
+out_txn_unsendable(struct worker *w, struct oconn *oc, struct out_txn *t, int err)
 {
-	struct queue_message *m = queue_find(w->queue, job->id);
-	struct smtp_client_event ev = {0};
+	unsigned n = t->job->rcpt_count;
+	struct smtp_client_reply *fail = calloc(n, sizeof(*fail));
+	char text[128];
 
-	oc->job = job;
-	if (m == NULL) { /* deleted meanwhile */
-		free(job);
-		oc->job = NULL;
-		return false;
+	snprintf(text, sizeof(text), "554 5.3.0 cannot send this message: %s", strerror(-err));
+	for (unsigned i = 0; fail != NULL && i < n; i++) {
+		fail[i].code = 554;
+		snprintf(fail[i].status, sizeof(fail[i].status), "5.3.0");
+		snprintf(fail[i].text, sizeof(fail[i].text), "%s", text);
 	}
-	const uint8_t *body = out_body(w, m, &oc->body);
-	struct smtp_client_rcpt *rc = realloc(oc->rcpts, job->rcpt_count * sizeof(*rc));
-	if (rc != NULL)
-		oc->rcpts = rc;
-	struct out_rcpt_dsn *dsn = realloc(oc->rcpt_dsn, job->rcpt_count * sizeof(*dsn));
-	if (dsn != NULL)
-		oc->rcpt_dsn = dsn;
-	if (body == NULL || rc == NULL || dsn == NULL) {
-		out_fail_job(w, job, 451, "451 4.3.0 cannot read the message back", NULL);
-		oc->job = NULL;
-		return false;
+	if (fail != NULL)
+		out_txn_done(w, oc, t, fail, n);
+	else
+		out_fail_job(w, t->job, 451, "451 4.3.0 out of memory", NULL);
+	t->job = NULL;
+	free(fail);
+}
+
+/* The engine's view of the job's message: recipients with their DSN requests. */
+static bool
+out_txn_rcpts(struct out_txn *t, const struct queue_message *m)
+{
+	const struct sched_job *job = t->job;
+
+	if (job->rcpt_count > t->rcpt_cap) {
+		struct smtp_client_rcpt *rc = realloc(t->rcpts, job->rcpt_count * sizeof(*rc));
+		if (rc == NULL)
+			return false;
+		t->rcpts = rc;
+		struct out_rcpt_dsn *dsn = realloc(t->rcpt_dsn, job->rcpt_count * sizeof(*dsn));
+		if (dsn == NULL)
+			return false;
+		t->rcpt_dsn = dsn;
+		t->rcpt_cap = job->rcpt_count;
 	}
 	/* DSN requests go on as received; smtp_client sends them only to a peer with DSN */
 	for (unsigned i = 0; i < job->rcpt_count; i++) {
 		const struct queue_rcpt *r = &m->rcpts[job->rcpt[i]];
-		rc[i] = (struct smtp_client_rcpt){
+		struct out_rcpt_dsn *dsn = &t->rcpt_dsn[i];
+		t->rcpts[i] = (struct smtp_client_rcpt){
 		    .address = r->address,
-		    .notify = out_param(r->params, "NOTIFY", dsn[i].notify, sizeof(dsn[i].notify))
-		                  ? dsn[i].notify
+		    .notify = out_param(r->params, "NOTIFY", dsn->notify, sizeof(dsn->notify))
+		                  ? dsn->notify
 		                  : NULL,
-		    .orcpt = out_param(r->params, "ORCPT", dsn[i].orcpt, sizeof(dsn[i].orcpt))
-		                 ? dsn[i].orcpt
+		    .orcpt = out_param(r->params, "ORCPT", dsn->orcpt, sizeof(dsn->orcpt))
+		                 ? dsn->orcpt
 		                 : NULL,
 		};
 	}
-	struct smtp_client_txn t = {
+	return true;
+}
+
+/* Hands the job to the engine in the next free transaction slot; it is finished if it can't go. */
+static void
+out_start(struct worker *w, struct oconn *oc, struct sched_job *job)
+{
+	struct queue_message *m = queue_find(w->queue, job->id);
+	struct out_txn *t = &oc->txns[(oc->txn_head + oc->txn_count) % OUT_TXN_WINDOW];
+	struct smtp_client_event ev = {0};
+
+	assert(oc->txn_count < OUT_TXN_WINDOW);
+	if (m == NULL) { /* deleted meanwhile */
+		free(job);
+		return;
+	}
+	t->job = job;
+	const uint8_t *body = out_body(w, m, &t->body);
+	if (body == NULL || !out_txn_rcpts(t, m)) {
+		out_fail_job(w, job, 451, "451 4.3.0 cannot read the message back", NULL);
+		t->job = NULL;
+		return;
+	}
+	struct smtp_client_txn tx = {
 	    .sender = m->sender,
-	    .ret = out_param(m->sender_params, "RET", oc->ret, sizeof(oc->ret)) ? oc->ret : NULL,
-	    .envid = out_param(m->sender_params, "ENVID", oc->envid, sizeof(oc->envid)) ? oc->envid
-	                                                                                : NULL,
-	    .rcpts = rc,
+	    .ret = out_param(m->sender_params, "RET", t->ret, sizeof(t->ret)) ? t->ret : NULL,
+	    .envid =
+	        out_param(m->sender_params, "ENVID", t->envid, sizeof(t->envid)) ? t->envid : NULL,
+	    .rcpts = t->rcpts,
 	    .rcpt_count = job->rcpt_count,
 	    .body = body,
 	    .body_len = m->body_len,
-	    .body_8bit =
-	        out_param(m->sender_params, "BODY", oc->body_type, sizeof(oc->body_type)) &&
-	        strcmp(oc->body_type, "8BITMIME") == 0,
+	    .body_8bit = out_param(m->sender_params, "BODY", t->body_type, sizeof(t->body_type)) &&
+	                 strcmp(t->body_type, "8BITMIME") == 0,
 	    .smtputf8 = out_param(m->sender_params, "SMTPUTF8", NULL, 0),
 	};
-	int r = smtp_client_send(oc->smtp, &t, &ev);
-	if (r != 0) {
-		char text[128];
-		snprintf(text, sizeof(text), "554 5.3.0 cannot send this message: %s",
-		         strerror(-r));
-		struct smtp_client_reply *fail = calloc(job->rcpt_count, sizeof(*fail));
-		for (unsigned i = 0; fail != NULL && i < job->rcpt_count; i++) {
-			fail[i].code = 554;
-			snprintf(fail[i].status, sizeof(fail[i].status), "5.3.0");
-			snprintf(fail[i].text, sizeof(fail[i].text), "%s", text);
-		}
-		if (fail != NULL)
-			out_job_done(w, oc, fail, job->rcpt_count);
-		free(fail);
-		return false;
-	}
-	if (ev.type == SMTP_CLIENT_EV_TXN_DONE) {
-		out_job_done(w, oc, ev.results, ev.rcpt_count);
-		return false;
-	}
-	out_flush(w, oc);
-	return true;
+	int r = smtp_client_send(oc->smtp, &tx, &ev);
+	if (r != 0)
+		out_txn_unsendable(w, oc, t, r);
+	else if (ev.type == SMTP_CLIENT_EV_TXN_DONE)
+		out_txn_done(w, oc, t, ev.results, ev.rcpt_count);
+	else
+		oc->txn_count++;
 }
 
 static void
@@ -1258,24 +1316,33 @@ out_quit(struct worker *w, struct oconn *oc)
 		oconn_close(w, oc, "451 4.4.2 closed");
 }
 
-/* The connection is ready: the next job of its destination, else idle (or QUIT). */
+/*
+ * The connection can take work: jobs of its destination while the engine has room
+ * (one at a time with DATA, a window with BDAT); with nothing in flight it goes idle,
+ * or says QUIT when it has done its share or the worker stops.
+ */
 static void
 out_next(struct worker *w, struct oconn *oc)
 {
 	struct sched_dest *d = oc->dest;
+	unsigned max = w->cfg->outbound_max_messages_per_connection;
 
-	while (oc->messages < w->cfg->outbound_max_messages_per_connection && !w->stopping) {
+	while (oc->messages + oc->txn_count < max && !w->stopping &&
+	       smtp_client_can_send(oc->smtp)) {
 		struct sched_job *job = sched_job_take(d);
-		if (job == NULL) {
-			oc->next_idle = d->idle;
-			d->idle = oc;
-			oc->deadline_ms = w->now_ms + OUT_IDLE_MS;
-			return;
-		}
-		if (out_start(w, oc, job))
-			return;
+		if (job == NULL)
+			break;
+		out_start(w, oc, job);
 	}
-	out_quit(w, oc);
+	if (oc->txn_count > 0) {
+		out_flush(w, oc);
+	} else if (oc->messages < max && !w->stopping) {
+		oc->next_idle = d->idle;
+		d->idle = oc;
+		oc->deadline_ms = w->now_ms + OUT_IDLE_MS;
+	} else {
+		out_quit(w, oc);
+	}
 }
 
 /* End of a turn: runnable destinations get idle connections, then new ones. */
@@ -1315,7 +1382,7 @@ out_expire_conn(struct worker *w, struct oconn *oc)
 		out_conn_failed(w, oc, "the DNS lookup took too long");
 	} else if (oc->connecting) {
 		out_conn_failed(w, oc, "connection timed out");
-	} else if (oc->job == NULL && smtp_client_state(oc->smtp) == SMTP_CLIENT_READY) {
+	} else if (oc->txn_count == 0 && smtp_client_state(oc->smtp) == SMTP_CLIENT_READY) {
 		out_quit(w, oc); /* idle for OUT_IDLE_MS */
 	} else {
 		smtp_client_abort(oc->smtp, SMTP_CLIENT_ABORT_TIMEOUT, &ev);
@@ -1361,7 +1428,7 @@ out_stop(struct worker *w)
 {
 	for (unsigned i = 0; i < OUT_CONN_MAX; i++) {
 		struct oconn *oc = &w->oconns[i];
-		if (oc->used && !oc->closing && oc->job == NULL && oc->smtp != NULL &&
+		if (oc->used && !oc->closing && oc->txn_count == 0 && oc->smtp != NULL &&
 		    smtp_client_state(oc->smtp) == SMTP_CLIENT_READY)
 			out_quit(w, oc);
 	}

@@ -1,9 +1,9 @@
 /*
  * fuzz_smtp_client.c -- libFuzzer target for the reply parser and the feed path.
  *
- * The first octet picks the set-up (TLS mode, pipelining of the sends, chunk sizes);
+ * The first two octets pick the set-up (TLS mode, chunk sizes, BDAT and its window);
  * the rest is what the server says. The driver sends a transaction whenever the
- * session is READY, answers STARTTLS, drains output in odd pieces and feeds the input
+ * session can take one, answers STARTTLS, drains output in odd pieces and feeds the input
  * in chunks. Beyond memory safety it checks what the scheduler relies on: feed never
  * claims more than it was given, every result has a 2/4/5 code and a status of the
  * same class, output drains, and a session ends in at most one FAILED or CLOSED.
@@ -79,15 +79,21 @@ act(struct smtp_client *c, const struct smtp_client_event *ev, unsigned *sends, 
 
 	if (ev->type == SMTP_CLIENT_EV_STARTTLS)
 		smtp_client_tls_done(c);
-	if (smtp_client_state(c) != SMTP_CLIENT_READY)
-		return;
-	if (*sends == FUZZ_SENDS_MAX) {
-		assert(smtp_client_quit(c) == 0);
-		return;
+	if (ev->type == SMTP_CLIENT_EV_FAILED) {
+		/* the other transactions in flight end with it */
+		for (smtp_client_next_failed(c, &now); now.type != SMTP_CLIENT_EV_NONE;
+		     smtp_client_next_failed(c, &now)) {
+			assert(now.type == SMTP_CLIENT_EV_FAILED);
+			check_event(&now);
+		}
 	}
-	(*sends)++;
-	assert(smtp_client_send(c, &t, &now) == 0);
-	check_event(&now);
+	while (smtp_client_can_send(c) && *sends < FUZZ_SENDS_MAX) {
+		(*sends)++;
+		assert(smtp_client_send(c, &t, &now) == 0);
+		check_event(&now);
+	}
+	if (*sends == FUZZ_SENDS_MAX && smtp_client_state(c) == SMTP_CLIENT_READY)
+		assert(smtp_client_quit(c) == 0);
 }
 
 int
@@ -100,15 +106,17 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct smtp_client *c;
 	unsigned sends = 0, ends = 0, chunk, step;
 
-	if (size < 1)
+	if (size < 2)
 		return 0;
 	p.tls_mode = (enum smtp_client_tls_mode)(data[0] % 3);
 	chunk = 1 + (data[0] >> 2) % 7;
 	step = 1 + (data[0] >> 5);
+	p.chunking = data[1] & 1;
+	p.txn_window = 1 + (data[1] >> 1) % FUZZ_SENDS_MAX;
 	c = smtp_client_new(&p);
 	assert(c != NULL);
-	data++;
-	size--;
+	data += 2;
+	size -= 2;
 	while (size > 0) {
 		struct smtp_client_event ev;
 		size_t len = size < chunk ? size : chunk;

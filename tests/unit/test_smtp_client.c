@@ -8,7 +8,7 @@
  * Transcript lines ("X: " prefix, then the text):
  *   # ...       comment (blank lines are ignored too)
  *   P: words    session set-up: helo=NAME tls=none|may|required tls_active line=N
- *               lines=N rcpts=N
+ *               lines=N rcpts=N chunking window=N (BDAT transactions in flight, <= 8)
  *   S: text     one server reply line, fed with CRLF added; escapes \r \n \t \\ \xHH and
  *               \[N]c (c N times)
  *   F: bytes    server bytes fed as they are (escapes as S:)
@@ -16,7 +16,7 @@
  *               (escaped, so "C: MAIL ...\r\nRCPT ...\r\nDATA\r\n" is one batch)
  *   E: event    expected event: READY | STARTTLS | TXN_DONE | CLOSED REPLY | FAILED REPLY
  *               | ERROR -N (smtp_client_send/quit refused); REPLY is "[status remote|local]
- *               text"
+ *               text"; a FAILED is followed by those smtp_client_next_failed() gives
  *   R: REPLY    one per recipient, after TXN_DONE or a FAILED during a transaction
  *   A: action   done once the input before it is fed (it ends a "segment"):
  *               rcpt ADDR [notify=V] [orcpt=V] | body BYTES (escapes) | send [from=ADDR]
@@ -39,6 +39,7 @@
 #define RUN_RCPTS_MAX 16
 #define RUN_IOV_MAX   3 /* small, so output is described over several calls */
 #define BODY_MAX      4096
+#define RUN_BODIES    8 /* bodies of transactions in flight at once */
 
 /* What a transcript's P: line sets up. */
 struct client_setup {
@@ -51,8 +52,9 @@ struct pending {
 	struct smtp_client_rcpt rcpt[RUN_RCPTS_MAX];
 	char *words[RUN_RCPTS_MAX][3];
 	unsigned rcpt_count;
-	uint8_t body[BODY_MAX];
+	uint8_t body[RUN_BODIES][BODY_MAX]; /* a ring: each send takes the next */
 	size_t body_len;
+	unsigned body_next;
 };
 
 /* One run of a transcript. */
@@ -85,7 +87,8 @@ setup_reset(void *arg)
 	                                         .tls_mode = SMTP_CLIENT_TLS_NONE,
 	                                         .reply_line_max = 512,
 	                                         .reply_lines_max = 100,
-	                                         .rcpt_count_max = 100};
+	                                         .rcpt_count_max = 100,
+	                                         .txn_window = 1};
 }
 
 static int
@@ -110,6 +113,10 @@ setup_param(void *arg, const char *word)
 		su->params.reply_lines_max = (unsigned)v;
 	else if (sscanf(word, "rcpts=%lu", &v) == 1)
 		su->params.rcpt_count_max = (unsigned)v;
+	else if (strcmp(word, "chunking") == 0)
+		su->params.chunking = true;
+	else if (sscanf(word, "window=%lu", &v) == 1 && v >= 1 && v <= RUN_BODIES)
+		su->params.txn_window = (unsigned)v;
 	else
 		return -1;
 	return 0;
@@ -189,7 +196,7 @@ run_results(struct transcript_trace *tr, const struct smtp_client_event *ev)
 }
 
 static void
-run_event(struct transcript_trace *tr, const struct smtp_client_event *ev)
+run_event_one(struct transcript_trace *tr, const struct smtp_client_event *ev)
 {
 	char buf[2 * SMTP_CLIENT_REPLY_TEXT_MAX];
 
@@ -217,6 +224,19 @@ run_event(struct transcript_trace *tr, const struct smtp_client_event *ev)
 }
 
 static void
+run_event(struct transcript_trace *tr, struct smtp_client *c, const struct smtp_client_event *ev)
+{
+	struct smtp_client_event more;
+
+	run_event_one(tr, ev);
+	if (ev->type != SMTP_CLIENT_EV_FAILED)
+		return;
+	for (smtp_client_next_failed(c, &more); more.type != SMTP_CLIENT_EV_NONE;
+	     smtp_client_next_failed(c, &more))
+		run_event_one(tr, &more);
+}
+
+static void
 run_feed(void *arg, const uint8_t *in, size_t len)
 {
 	struct client_run *r = arg;
@@ -231,7 +251,7 @@ run_feed(void *arg, const uint8_t *in, size_t len)
 			return;
 		}
 		run_output(r);
-		run_event(r->tr, &ev);
+		run_event(r->tr, r->c, &ev);
 		in += used;
 		len -= used;
 		if (used == 0 && ev.type == SMTP_CLIENT_EV_NONE && !pending) {
@@ -245,7 +265,8 @@ static void
 run_caps(struct client_run *r)
 {
 	static const char *const names[] = {
-	    "PIPELINING", "SIZE", "8BITMIME", "SMTPUTF8", "DSN", "STARTTLS", "ENHANCEDSTATUSCODES"};
+	    "PIPELINING",          "SIZE",    "8BITMIME", "SMTPUTF8", "DSN", "STARTTLS",
+	    "ENHANCEDSTATUSCODES", "CHUNKING"};
 	char caps[256] = "", last[2 * SMTP_CLIENT_REPLY_TEXT_MAX];
 	size_t n = 0;
 
@@ -331,8 +352,11 @@ run_send(struct client_run *run, char *args)
 	t.ret = ret;
 	t.envid = envid;
 	t.rcpt_count = run->pend.rcpt_count;
-	t.body = run->pend.body;
+	t.body = run->pend.body[run->pend.body_next];
 	t.body_len = run->pend.body_len;
+	/* the next send gets the same body in a slot of its own, unless a body action follows */
+	run->pend.body_next = (run->pend.body_next + 1) % RUN_BODIES;
+	memcpy(run->pend.body[run->pend.body_next], t.body, t.body_len);
 	r = smtp_client_send(run->c, &t, &ev);
 	/* The session keeps no pointer into the txn but its body: ASan checks that it does not. */
 	pending_clear(&run->pend);
@@ -341,7 +365,7 @@ run_send(struct client_run *run, char *args)
 	free(envid);
 	if (r < 0)
 		transcript_trace_add(run->tr, "E: ERROR %d", r);
-	run_event(run->tr, &ev);
+	run_event(run->tr, run->c, &ev);
 }
 
 static void
@@ -355,7 +379,7 @@ run_abort(struct client_run *r, const char *why)
 		smtp_client_abort(r->c, SMTP_CLIENT_ABORT_TIMEOUT, &ev);
 	else
 		smtp_client_abort(r->c, SMTP_CLIENT_ABORT_TLS, &ev);
-	run_event(r->tr, &ev);
+	run_event(r->tr, r->c, &ev);
 }
 
 static void
@@ -374,8 +398,8 @@ run_action(void *arg, const char *action)
 	} else if (strncmp(buf, "rcpt", 4) == 0) {
 		run_rcpt(r, buf + 4);
 	} else if (strncmp(buf, "body ", 5) == 0 || strcmp(buf, "body") == 0) {
-		n = transcript_unescape(buf + 4 + (buf[4] == ' '), r->pend.body,
-		                        sizeof(r->pend.body));
+		n = transcript_unescape(buf + 4 + (buf[4] == ' '), r->pend.body[r->pend.body_next],
+		                        sizeof(r->pend.body[0]));
 		r->pend.body_len = n < 0 ? 0 : (size_t)n;
 	} else if (strncmp(buf, "send", 4) == 0) {
 		run_send(r, buf + 4);
@@ -440,7 +464,8 @@ static const struct smtp_client_params test_params = {.helo_name = "relay.exampl
                                                       .tls_mode = SMTP_CLIENT_TLS_NONE,
                                                       .reply_line_max = 512,
                                                       .reply_lines_max = 100,
-                                                      .rcpt_count_max = 1000};
+                                                      .rcpt_count_max = 1000,
+                                                      .txn_window = 1};
 
 /* Feeds text whole; returns the event type of the last feed. */
 static enum smtp_client_event_type
@@ -611,6 +636,72 @@ test_stall(void)
 	smtp_client_free(c);
 }
 
+/*
+ * BDAT: a window of transactions goes out as text + body each, bodies by reference and
+ * never stuffed; a reply waits until its whole transaction is written, not the later ones.
+ */
+static void
+test_chunk_window(void)
+{
+	static uint8_t body[4][BODY_MAX];
+	static uint8_t got[5 * BODY_MAX];
+	struct smtp_client_params p = test_params;
+	struct smtp_client_rcpt rcpt = {.address = "bob@example.test"};
+	struct smtp_client_txn t = {.sender = "a@example.org", .rcpts = &rcpt, .rcpt_count = 1};
+	struct smtp_client_event ev;
+	struct smtp_client *c;
+	uint32_t rng = 11;
+	size_t n = 0, want = 0, first_end = 0;
+	struct iovec iov[4];
+	unsigned cnt;
+
+	p.chunking = true;
+	p.txn_window = 4;
+	c = ready_session(&p, "250-mx\r\n250-PIPELINING\r\n250 CHUNKING\r\n");
+	for (int k = 0; k < 4; k++) {
+		t.body = body[k];
+		t.body_len = 100 + rng_next(&rng) % (BODY_MAX - 100);
+		for (size_t i = 0; i < t.body_len; i++)
+			body[k][i] = (uint8_t) ".\r\na"[rng_next(&rng) % 4];
+		memcpy(body[k] + t.body_len - 2, "\r\n", 2);
+		CHECK(smtp_client_send(c, &t, &ev) == 0 && ev.type == SMTP_CLIENT_EV_NONE);
+		want += t.body_len;
+		if (k == 0)
+			first_end = t.body_len;
+	}
+	CHECK(smtp_client_send(c, &t, &ev) == -EBUSY);
+	CHECK(smtp_client_input_blocked(c));
+	/* the first transaction's text and body: then its replies may be read */
+	while ((cnt = smtp_client_output(c, iov, 2)) > 0 && n < sizeof(got)) {
+		size_t take = 1 + rng_next(&rng) % iov[0].iov_len;
+
+		memcpy(got + n, iov[0].iov_base, take);
+		n += take;
+		smtp_client_output_consume(c, take);
+		if (!smtp_client_input_blocked(c))
+			break;
+	}
+	CHECK(memmem(got, n, "BDAT", 4) != NULL);
+	CHECK(n >= first_end && memcmp(got + n - first_end, body[0], first_end) == 0);
+	CHECK(feed_text(c, "250 ok\r\n250 ok\r\n250 done\r\n", &ev) == SMTP_CLIENT_EV_TXN_DONE);
+	CHECK(ev.rcpt_count == 1 && ev.results[0].code == 250);
+	/* the second one's RSET reply waits for the second one's bytes */
+	CHECK(smtp_client_input_blocked(c));
+	CHECK(smtp_client_feed(c, (const uint8_t *)"250 reset\r\n", 11, &ev) == 0);
+	CHECK(smtp_client_can_send(c));
+	CHECK(drain(c) > want - first_end);
+	CHECK(!smtp_client_input_blocked(c));
+	CHECK(smtp_client_quit(c) == -EBUSY);
+	smtp_client_abort(c, SMTP_CLIENT_ABORT_TIMEOUT, &ev);
+	for (int k = 1; k < 4; k++) {
+		CHECK(ev.type == SMTP_CLIENT_EV_FAILED && ev.rcpt_count == 1);
+		CHECK(ev.results != NULL && ev.results[0].code == 451);
+		smtp_client_next_failed(c, &ev);
+	}
+	CHECK(ev.type == SMTP_CLIENT_EV_NONE);
+	smtp_client_free(c);
+}
+
 /* Reply text is cut at SMTP_CLIENT_REPLY_TEXT_MAX - 1; a flood of lines stops at the limit. */
 static void
 test_reply_limits(void)
@@ -704,6 +795,7 @@ main(void)
 	test_transcripts();
 	test_body_segments();
 	test_stall();
+	test_chunk_window();
 	test_reply_limits();
 	test_large_batch();
 	test_send_misuse();
