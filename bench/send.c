@@ -55,7 +55,7 @@ struct send_conn {
 	int chunking;
 	int bdat_txn;   /* this transaction goes as BDAT <n> LAST: its reply is the final one */
 	unsigned fails; /* consecutive failures */
-	unsigned stage; /* replies seen in the transaction: MAIL, RCPT 1..R, DATA */
+	unsigned stage; /* replies seen in the transaction: MAIL, RCPT 1..R, DATA or BDAT */
 	unsigned rcpt_ok;
 	int fail_code; /* first non-2xx reply to MAIL or RCPT */
 	int need_rset; /* the last transaction ended without DATA */
