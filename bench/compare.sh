@@ -40,19 +40,20 @@ timed() { local out=$1; shift; /usr/bin/time -f "%U %S" -o "$out" "$@"; }
 ROWS=()
 row() { ROWS+=("$(printf '%-46s %10s %8s' "$1" "$2" "$3")"); }
 
-# (1a) ceiling, ours: ringmx-bench send -> ringmx-bench sink
-ceiling_ringmx() {
+# (1a) ceiling, ours: ringmx-bench send [--bdat] -> ringmx-bench sink
+ceiling_ringmx() {	# [--bdat]
     local port; port=$(free_port)
     /usr/bin/time -f "%U %S" -o "$WORK/rs.cpu" "$BENCH" sink --listen "127.0.0.1:$port" --expect "$N" >"$WORK/rs.out" &
     PIDS+=($!); local sp=$!
     wait_listen "$port" || { log "ringmx-bench sink did not listen"; return 1; }
     local t0=$EPOCHREALTIME
     timed "$WORK/rb.cpu" timeout "$TIMEOUT" "$BENCH" send --server "127.0.0.1:$port" \
-        --connections "$SESSIONS" --messages "$N" --size $((SIZE + 150)) >"$WORK/rb.out"
+        --connections "$SESSIONS" --messages "$N" --size $((SIZE + 150)) "$@" >"$WORK/rb.out"
     local t1=$EPOCHREALTIME
     wait "$sp"
-    R_RB=$(rate "$N" "$t0" "$t1"); C_RB=$(cpu "$WORK/rs.cpu" "$WORK/rb.cpu")
-    row "ringmx-bench send -> ringmx-bench sink" "$R_RB" "$C_RB"
+    local r c; r=$(rate "$N" "$t0" "$t1"); c=$(cpu "$WORK/rs.cpu" "$WORK/rb.cpu")
+    row "ringmx-bench send${1:+ $1} -> ringmx-bench sink" "$r" "$c"
+    if [[ $# == 0 ]]; then R_RB=$r C_RB=$c; else R_RBB=$r; fi
 }
 
 # (1b) ceiling, Postfix's tools; PERSIST=1 adds smtp-source -d (reuse connections)
@@ -147,6 +148,7 @@ ringmx_compare() {
 
 log "N=$N SIZE=$SIZE SESSIONS=$SESSIONS bench=$BENCH"
 ceiling_ringmx
+ceiling_ringmx --bdat
 ceiling_postfix 0
 ceiling_postfix 1
 postfix_relay
@@ -164,6 +166,7 @@ STAMP=$(date -u +%Y-%m-%dT%H%MZ)
     echo "ratio ringmx accept / postfix accept: $(ratio "${R_RA:-}" "${R_PA:-}") (ringmx-bench load), $(ratio "${R_RS:-}" "${R_PA:-}") (smtp-source load)"
     echo "ratio ringmx relay / postfix relay: $(ratio "${R_RR:-}" "${R_PR:-}") (ringmx-bench load), $(ratio "${R_RSR:-}" "${R_PR:-}") (smtp-source load)"
     echo "ratio ringmx relay / ceiling (ringmx-bench send -> sink): $(ratio "${R_RR:-}" "${R_RB:-}")"
+    echo "ratio ringmx relay / ceiling with --bdat: $(ratio "${R_RR:-}" "${R_RBB:-}")"
 } | tee "$WORK/table"
 mkdir -p "$ROOT/bench/results"
 cp "$WORK/table" "$ROOT/bench/results/$STAMP-$COMMIT.txt"

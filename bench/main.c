@@ -35,6 +35,8 @@ enum bench_opt {
 	OPT_EXPECT,
 	OPT_RECORD,
 	OPT_IDLE_TIMEOUT,
+	OPT_BDAT,
+	OPT_NO_CHUNKING,
 };
 
 static const struct option send_longopts[] = {
@@ -53,6 +55,7 @@ static const struct option send_longopts[] = {
     {"json", no_argument, NULL, OPT_JSON},
     {"threads", required_argument, NULL, OPT_THREADS},
     {"timeout", required_argument, NULL, OPT_TIMEOUT},
+    {"bdat", no_argument, NULL, OPT_BDAT},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -66,6 +69,7 @@ static const struct option sink_longopts[] = {
     {"json", no_argument, NULL, OPT_JSON},
     {"threads", required_argument, NULL, OPT_THREADS},
     {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
+    {"no-chunking", no_argument, NULL, OPT_NO_CHUNKING},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -74,11 +78,12 @@ static const char send_usage[] =
     "usage: ringmx-bench send --server HOST:PORT [--connections C] [--messages N]\n"
     "         [--size BYTES] [--rcpts R] [--from ADDR] [--to ADDR|--to-domain D]\n"
     "         [--starttls|--tls] [--auth USER:PASS] [--rate MSGS_PER_S] [--json]\n"
-    "         [--threads T] [--timeout SECONDS]\n";
+    "         [--threads T] [--timeout SECONDS] [--bdat]\n";
 
 static const char sink_usage[] =
     "usage: ringmx-bench sink --listen HOST:PORT [--tls CERT,KEY] [--reply CODE:FRACTION,...]\n"
-    "         [--expect N] [--record FILE] [--json] [--threads T] [--idle-timeout SECONDS]\n";
+    "         [--expect N] [--record FILE] [--json] [--threads T] [--idle-timeout SECONDS]\n"
+    "         [--no-chunking]\n";
 
 static int
 bench_usage(const char *usage, const char *why)
@@ -184,6 +189,9 @@ send_opt(struct send_opts *o, int opt, const char *arg)
 	case OPT_JSON:
 		o->json = 1;
 		break;
+	case OPT_BDAT:
+		o->bdat = 1;
+		break;
 	case OPT_STARTTLS:
 		return bench_no_tls("--starttls");
 	case OPT_TLS:
@@ -285,6 +293,9 @@ sink_opt(struct sink_opts *o, int opt, const char *arg)
 		break;
 	case OPT_JSON:
 		o->json = 1;
+		break;
+	case OPT_NO_CHUNKING:
+		o->no_chunking = 1;
 		break;
 	case OPT_TLS:
 		return bench_no_tls("--tls");

@@ -18,11 +18,15 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SEND_IOV_MAX           4  /* queued writes per connection (at most 2 are ever needed) */
+/* Queued writes per connection: a transaction queues at most 4 (RSET, commands, BDAT line with
+ * headers, body), and the send completion of the one before can trail its last reply. */
+#define SEND_IOV_MAX           8
 #define SEND_RETRY_MAX         3  /* consecutive failures before a connection slot gives up */
 #define SEND_CONNECT_TIMEOUT_S 10 /* connect() bound, below the kernel's SYN retry time */
 #define SEND_TICK_NS           100000000ull
 #define SEND_FAIL_TEXT_MAX     160
+#define SEND_BDAT_CMD_MAX      32 /* "BDAT <n> LAST\r\n": 20 digits hold any size_t */
+#define SEND_FINAL_DOT_LEN     3  /* the ".\r\n" ending msggen's body: DATA framing, not content */
 #define SEND_EHLO              "EHLO ringmx-bench.test\r\n"
 #define SEND_HELO              "HELO ringmx-bench.test\r\n"
 
@@ -48,8 +52,10 @@ struct send_conn {
 	unsigned pending; /* ops in flight; the slot is reused only at zero */
 	enum send_state state;
 	int pipelining;
+	int chunking;
+	int bdat_txn;   /* this transaction goes as BDAT <n> LAST: its reply is the final one */
 	unsigned fails; /* consecutive failures */
-	unsigned stage; /* replies seen in the transaction: MAIL, RCPT 1..R, DATA */
+	unsigned stage; /* replies seen in the transaction: MAIL, RCPT 1..R, DATA or BDAT */
 	unsigned rcpt_ok;
 	int fail_code; /* first non-2xx reply to MAIL or RCPT */
 	int need_rset; /* the last transaction ended without DATA */
@@ -65,8 +71,8 @@ struct send_conn {
 	struct __kernel_timespec connect_timeout;
 	char fail_text[SEND_FAIL_TEXT_MAX];
 	struct reply_parser rp;
-	size_t hdr_len;
-	char hdr[MSGGEN_HEADER_MAX];
+	size_t msg_len; /* bytes of the message, as counted in "bytes" when delivered */
+	char hdr[SEND_BDAT_CMD_MAX + MSGGEN_HEADER_MAX]; /* BDAT keeps its command line in front */
 };
 
 struct send_shared {
@@ -154,8 +160,9 @@ conn_kick(struct send_thread *t, struct send_conn *c)
 	c->pending++;
 }
 
+/* Queues bytes without sending: what is queued before one conn_kick leaves in one sendmsg. */
 static void
-conn_write(struct send_thread *t, struct send_conn *c, const void *p, size_t len)
+conn_queue(struct send_conn *c, const void *p, size_t len)
 {
 	if (c->iov_head == c->iov_n)
 		c->iov_head = c->iov_n = 0;
@@ -163,6 +170,12 @@ conn_write(struct send_thread *t, struct send_conn *c, const void *p, size_t len
 	c->iov[c->iov_n].iov_base = (void *)p;
 	c->iov[c->iov_n].iov_len = len;
 	c->iov_n++;
+}
+
+static void
+conn_write(struct send_thread *t, struct send_conn *c, const void *p, size_t len)
+{
+	conn_queue(c, p, len);
 	conn_kick(t, c);
 }
 
@@ -184,7 +197,8 @@ send_on_sent(struct send_thread *t, struct send_conn *c, int res)
 		c->iov[c->iov_head].iov_base = (char *)c->iov[c->iov_head].iov_base + left;
 		c->iov[c->iov_head].iov_len -= left;
 		conn_kick(t, c);
-	} else if (c->state == SEND_BODY && c->t_data_end_ns == 0) {
+	} else if ((c->state == SEND_BODY || (c->state == SEND_TXN && c->bdat_txn)) &&
+	           c->t_data_end_ns == 0) {
 		c->t_data_end_ns = ring_now_ns();
 	}
 }
@@ -201,6 +215,25 @@ send_date(struct send_thread *t)
 	return t->date;
 }
 
+/* MAIL, RCPTs, "BDAT <n> LAST" and the message itself, unstuffed and without the final dot:
+ * queued together so that they leave in one write. */
+static void
+txn_queue_bdat(struct send_thread *t, struct send_conn *c)
+{
+	const struct send_shared *sh = t->sh;
+	char *hdr = c->hdr + SEND_BDAT_CMD_MAX, cmd[SEND_BDAT_CMD_MAX + 1];
+	size_t hlen = msggen_header(&sh->gen, hdr, c->seq, send_date(t));
+	int n;
+
+	c->msg_len = hlen + sh->gen.body_len - SEND_FINAL_DOT_LEN;
+	n = snprintf(cmd, sizeof(cmd), "BDAT %zu LAST\r\n", c->msg_len);
+	assert(n > 0 && n <= SEND_BDAT_CMD_MAX);
+	memcpy(hdr - n, cmd, (size_t)n);
+	conn_queue(c, sh->cmds, sh->cmd_off[sh->o->rcpts + 1]);
+	conn_queue(c, hdr - n, hlen + (size_t)n);
+	conn_queue(c, sh->gen.body, sh->gen.body_len - SEND_FINAL_DOT_LEN);
+}
+
 static void
 txn_begin(struct send_thread *t, struct send_conn *c)
 {
@@ -212,14 +245,21 @@ txn_begin(struct send_thread *t, struct send_conn *c)
 	c->rcpt_ok = 0;
 	c->fail_code = 0;
 	c->t_data_end_ns = 0;
+	c->bdat_txn = sh->o->bdat && c->chunking && c->pipelining;
 	if (c->need_rset) {
 		c->need_rset = 0;
 		c->rset_wait = 1;
-		conn_write(t, c, "RSET\r\n", 6);
-		if (!c->pipelining)
+		conn_queue(c, "RSET\r\n", 6);
+		if (!c->pipelining) {
+			conn_kick(t, c);
 			return;
+		}
 	}
-	conn_write(t, c, sh->cmds, end);
+	if (c->bdat_txn)
+		txn_queue_bdat(t, c);
+	else
+		conn_queue(c, sh->cmds, end);
+	conn_kick(t, c);
 }
 
 /* Takes the next message number, or sends QUIT when all are taken. Under --rate a message
@@ -260,7 +300,7 @@ txn_finish(struct send_thread *t, struct send_conn *c, int code, const char *lin
 	t->t_last_ns = now;
 	if (code / 100 == 2) {
 		STAT_ADD(t, ok, 1);
-		STAT_ADD(t, bytes, c->hdr_len + t->sh->gen.body_len);
+		STAT_ADD(t, bytes, c->msg_len);
 	} else {
 		if (code / 100 == 4)
 			STAT_ADD(t, tempfail, 1);
@@ -304,14 +344,21 @@ txn_reply(struct send_thread *t, struct send_conn *c, int code, const char *line
 			           sh->cmd_off[s + 2] - sh->cmd_off[s + 1]);
 		return;
 	}
-	if (code == 354) {
-		c->hdr_len = msggen_header(&sh->gen, c->hdr, c->seq, send_date(t));
+	if (code == 354 && !c->bdat_txn) {
+		size_t hlen = msggen_header(&sh->gen, c->hdr, c->seq, send_date(t));
+
+		c->msg_len = hlen + sh->gen.body_len;
 		c->state = SEND_BODY;
-		conn_write(t, c, c->hdr, c->hdr_len);
+		conn_write(t, c, c->hdr, hlen);
 		conn_write(t, c, sh->gen.body, sh->gen.body_len);
 		return;
 	}
-	/* DATA refused: servers keep the MAIL state (Postfix does), so the next one needs RSET. */
+	if (c->bdat_txn && code / 100 == 2) {
+		txn_finish(t, c, code, line);
+		return;
+	}
+	/* DATA or BDAT refused: servers keep the MAIL state (Postfix does), so the next one
+	 * needs RSET. */
 	c->need_rset = 1;
 	if (c->fail_code)
 		txn_finish(t, c, c->fail_code, c->fail_text);
@@ -319,13 +366,23 @@ txn_reply(struct send_thread *t, struct send_conn *c, int code, const char *line
 		txn_finish(t, c, code, line);
 }
 
+static int
+send_ehlo_keyword(const char *kw, const char *want)
+{
+	size_t n = strlen(want);
+
+	return strncasecmp(kw, want, n) == 0 && (kw[n] == '\0' || kw[n] == ' ');
+}
+
 static void
 send_on_ehlo_line(struct send_conn *c)
 {
 	const char *kw = reply_parser_text(&c->rp);
 
-	if (strncasecmp(kw, "PIPELINING", 10) == 0 && (kw[10] == '\0' || kw[10] == ' '))
+	if (send_ehlo_keyword(kw, "PIPELINING"))
 		c->pipelining = 1;
+	else if (send_ehlo_keyword(kw, "CHUNKING"))
+		c->chunking = 1;
 }
 
 static void
@@ -347,7 +404,7 @@ send_on_hello(struct send_thread *t, struct send_conn *c)
 
 	if (class == 2) {
 		if (c->state == SEND_HELO_WAIT)
-			c->pipelining = 0;
+			c->pipelining = c->chunking = 0;
 		txn_next(t, c);
 	} else if (class == 5 && c->state == SEND_EHLO_WAIT) {
 		c->state = SEND_HELO_WAIT;
@@ -495,6 +552,8 @@ conn_connect(struct send_thread *t, struct send_conn *c)
 
 	c->state = SEND_CONNECTING;
 	c->pipelining = 0;
+	c->chunking = 0;
+	c->bdat_txn = 0;
 	c->need_rset = 0;
 	c->rset_wait = 0;
 	c->sending = 0;

@@ -24,6 +24,7 @@ struct send_opts {
 	double rate; /* messages/s; 0: as fast as possible */
 	unsigned timeout_s;
 	int json;
+	int bdat; /* --bdat: MAIL, RCPTs and BDAT <n> LAST + message in one write, if offered */
 };
 
 /* Runs the load and prints the report. Returns the process exit code: 0 when every message

@@ -28,11 +28,25 @@
 #define SINK_TICK_NS      100000000ull
 #define SINK_DRAIN_NS     500000000ull /* after stop: time for the last replies to leave */
 #define SINK_RECORD_MAX   (SINK_ADDR_MAX + SINK_RCPTS_BUF + SINK_MSGID_MAX + 64)
-#define SINK_EHLO_REPLY                                                                            \
-	"250-ringmx-bench\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 104857600\r\n"             \
-	"250 ENHANCEDSTATUSCODES\r\n"
+#define SINK_SIZE_MAX     104857600 /* message bytes; advertised as SIZE, enforced on BDAT */
+#define SINK_BDAT_DIGITS  19        /* digits of a BDAT size: any such value fits uint64_t */
+#define SINK_STR_(x)      #x
+#define SINK_STR(x)       SINK_STR_(x)
+#define SINK_EHLO_HEAD                                                                             \
+	"250-ringmx-bench\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE " SINK_STR(                \
+	    SINK_SIZE_MAX) "\r\n"
+#define SINK_EHLO_TAIL "250 ENHANCEDSTATUSCODES\r\n"
 
-enum sink_state { SINK_CMD, SINK_DATA, SINK_QUITTING, SINK_CLOSING };
+enum sink_state { SINK_CMD, SINK_DATA, SINK_BDAT, SINK_QUITTING, SINK_CLOSING };
+
+/* What a BDAT chunk is answered with once its octets are consumed: the reply must follow
+ * the chunk, so a refused BDAT still swallows its data. */
+enum sink_bdat_verdict {
+	SINK_BDAT_OK,     /* counted: 250 for the chunk, or the message on LAST */
+	SINK_BDAT_NOMAIL, /* 503 */
+	SINK_BDAT_NORCPT, /* 554 */
+	SINK_BDAT_TOOBIG, /* 552: the message would pass SINK_SIZE_MAX */
+};
 
 /* End-of-data detection: only CR LF "." CR LF ends a message; a bare LF or CR never starts
  * a line, so a peer can't end (or split) a message with "\n.\n". */
@@ -51,9 +65,14 @@ struct sink_conn {
 	size_t line_len;
 	int line_overflow;
 	int has_mail;
+	int bdat_open; /* a BDAT message is in progress: its header scan and size go on */
+	int bdat_last;
+	enum sink_bdat_verdict bdat_verdict;
 	int in_headers;
 	enum sink_data_state dstate;
 	uint64_t size;
+	uint64_t chunk_left; /* octets of the current BDAT chunk not yet consumed */
+	uint64_t chunk_size;
 	size_t rcpts_len;
 	size_t hline_len;
 	size_t out_off;
@@ -166,6 +185,8 @@ sink_error(struct sink_thread *t, struct sink_conn *c, const char *reply, size_t
 	sink_out(c, reply, n);
 }
 
+#define SINK_ERROR(t, c, lit) sink_error((t), (c), lit, sizeof(lit) - 1)
+
 /* Copies the address of "FROM:<addr>" / "TO:<addr>" at p into dst. Tabs and commas are
  * refused because the record file uses them as separators. Returns 0 or -EINVAL. */
 static int
@@ -193,6 +214,7 @@ static void
 sink_envelope_reset(struct sink_conn *c)
 {
 	c->has_mail = 0;
+	c->bdat_open = 0;
 	c->rcpts_len = 0;
 	c->sender[0] = '\0';
 }
@@ -201,11 +223,11 @@ static void
 sink_cmd_mail(struct sink_thread *t, struct sink_conn *c, const char *arg)
 {
 	if (c->has_mail) {
-		sink_error(t, c, "503 5.5.1 nested MAIL\r\n", 23);
+		SINK_ERROR(t, c, "503 5.5.1 nested MAIL\r\n");
 		return;
 	}
 	if (sink_parse_path(arg, "FROM:", c->sender) < 0) {
-		sink_error(t, c, "501 5.5.4 syntax: MAIL FROM:<address>\r\n", 39);
+		SINK_ERROR(t, c, "501 5.5.4 syntax: MAIL FROM:<address>\r\n");
 		return;
 	}
 	c->has_mail = 1;
@@ -220,11 +242,11 @@ sink_cmd_rcpt(struct sink_thread *t, struct sink_conn *c, const char *arg)
 	int code;
 
 	if (!c->has_mail) {
-		sink_error(t, c, "503 5.5.1 need MAIL first\r\n", 27);
+		SINK_ERROR(t, c, "503 5.5.1 need MAIL first\r\n");
 		return;
 	}
 	if (sink_parse_path(arg, "TO:", addr) < 0) {
-		sink_error(t, c, "501 5.5.4 syntax: RCPT TO:<address>\r\n", 37);
+		SINK_ERROR(t, c, "501 5.5.4 syntax: RCPT TO:<address>\r\n");
 		return;
 	}
 	n = strlen(addr);
@@ -252,11 +274,25 @@ sink_cmd_rcpt(struct sink_thread *t, struct sink_conn *c, const char *arg)
 	SINK_OUT(c, "250 2.1.5 Ok\r\n");
 }
 
+/* Starts the Message-ID scan and the size count, for DATA and for a first BDAT chunk. */
+static void
+sink_message_begin(struct sink_conn *c)
+{
+	c->in_headers = 1;
+	c->hline_len = 0;
+	c->size = 0;
+	c->msgid[0] = '\0';
+}
+
 static void
 sink_cmd_data(struct sink_thread *t, struct sink_conn *c)
 {
 	if (!c->has_mail) {
-		sink_error(t, c, "503 5.5.1 need MAIL first\r\n", 27);
+		SINK_ERROR(t, c, "503 5.5.1 need MAIL first\r\n");
+		return;
+	}
+	if (c->bdat_open) { /* RFC 3030: DATA and BDAT don't mix in one transaction */
+		SINK_ERROR(t, c, "503 5.5.1 BDAT in progress\r\n");
 		return;
 	}
 	if (c->rcpts_len == 0) {
@@ -265,11 +301,95 @@ sink_cmd_data(struct sink_thread *t, struct sink_conn *c)
 	}
 	c->state = SINK_DATA;
 	c->dstate = SINK_D_BOL;
-	c->in_headers = 1;
-	c->hline_len = 0;
-	c->size = 0;
-	c->msgid[0] = '\0';
+	sink_message_begin(c);
 	SINK_OUT(c, "354 3.0.0 end data with <CR><LF>.<CR><LF>\r\n");
+}
+
+/* " <size>" or " <size> LAST" after the verb. Returns 0 or -EINVAL. */
+static int
+sink_parse_bdat(const char *arg, uint64_t *size, int *last)
+{
+	uint64_t v = 0;
+	unsigned n = 0;
+
+	if (*arg++ != ' ')
+		return -EINVAL;
+	for (; *arg >= '0' && *arg <= '9'; arg++) {
+		if (++n > SINK_BDAT_DIGITS)
+			return -EINVAL;
+		v = v * 10 + (uint64_t)(*arg - '0');
+	}
+	*last = *arg == ' ' && strcasecmp(arg + 1, "LAST") == 0;
+	if (n == 0 || (*arg != '\0' && !*last))
+		return -EINVAL;
+	*size = v;
+	return 0;
+}
+
+static void sink_message_done(struct sink_thread *t, struct sink_conn *c);
+
+/* A chunk's octets are all in: now its reply, in order after everything before it. */
+static void
+sink_bdat_end(struct sink_thread *t, struct sink_conn *c)
+{
+	char reply[64];
+
+	c->state = SINK_CMD;
+	switch (c->bdat_verdict) {
+	case SINK_BDAT_NOMAIL:
+		SINK_ERROR(t, c, "503 5.5.1 need MAIL first\r\n");
+		return;
+	case SINK_BDAT_NORCPT:
+		SINK_OUT(c, "554 5.5.1 no valid recipients\r\n");
+		return;
+	case SINK_BDAT_TOOBIG:
+		sink_envelope_reset(c); /* the message is lost; later chunks get 503 */
+		SINK_OUT(c, "552 5.3.4 message exceeds SIZE " SINK_STR(SINK_SIZE_MAX) "\r\n");
+		return;
+	case SINK_BDAT_OK:
+		break;
+	}
+	c->size += c->chunk_size;
+	if (c->bdat_last) {
+		sink_message_done(t, c);
+		return;
+	}
+	sink_out(c, reply,
+	         (size_t)snprintf(reply, sizeof(reply), "250 2.0.0 %llu octets\r\n",
+	                          (unsigned long long)c->chunk_size));
+}
+
+static void
+sink_cmd_bdat(struct sink_thread *t, struct sink_conn *c, const char *arg)
+{
+	uint64_t size;
+	int last;
+
+	if (t->sh->o->no_chunking) {
+		SINK_ERROR(t, c, "502 5.5.1 CHUNKING not offered\r\n");
+		return;
+	}
+	if (sink_parse_bdat(arg, &size, &last) < 0) {
+		SINK_ERROR(t, c, "501 5.5.4 syntax: BDAT <size> [LAST]\r\n");
+		return;
+	}
+	if (!c->has_mail)
+		c->bdat_verdict = SINK_BDAT_NOMAIL;
+	else if (c->rcpts_len == 0)
+		c->bdat_verdict = SINK_BDAT_NORCPT;
+	else if (size > SINK_SIZE_MAX - (c->bdat_open ? c->size : 0))
+		c->bdat_verdict = SINK_BDAT_TOOBIG;
+	else
+		c->bdat_verdict = SINK_BDAT_OK;
+	if (c->bdat_verdict == SINK_BDAT_OK && !c->bdat_open) {
+		sink_message_begin(c);
+		c->bdat_open = 1;
+	}
+	c->bdat_last = last;
+	c->chunk_size = c->chunk_left = size;
+	c->state = SINK_BDAT;
+	if (size == 0)
+		sink_bdat_end(t, c);
 }
 
 static int
@@ -283,9 +403,12 @@ sink_verb(const char *line, const char *verb)
 static void
 sink_command(struct sink_thread *t, struct sink_conn *c, const char *line)
 {
-	if (sink_verb(line, "EHLO"))
-		SINK_OUT(c, SINK_EHLO_REPLY);
-	else if (sink_verb(line, "HELO"))
+	if (sink_verb(line, "EHLO")) {
+		SINK_OUT(c, SINK_EHLO_HEAD);
+		if (!t->sh->o->no_chunking)
+			SINK_OUT(c, "250-CHUNKING\r\n");
+		SINK_OUT(c, SINK_EHLO_TAIL);
+	} else if (sink_verb(line, "HELO"))
 		SINK_OUT(c, "250 ringmx-bench\r\n");
 	else if (sink_verb(line, "MAIL"))
 		sink_cmd_mail(t, c, line + 5);
@@ -293,6 +416,8 @@ sink_command(struct sink_thread *t, struct sink_conn *c, const char *line)
 		sink_cmd_rcpt(t, c, line + 5);
 	else if (sink_verb(line, "DATA"))
 		sink_cmd_data(t, c);
+	else if (sink_verb(line, "BDAT"))
+		sink_cmd_bdat(t, c, line + 4);
 	else if (sink_verb(line, "RSET")) {
 		sink_envelope_reset(c);
 		SINK_OUT(c, "250 2.0.0 Ok\r\n");
@@ -302,7 +427,7 @@ sink_command(struct sink_thread *t, struct sink_conn *c, const char *line)
 		SINK_OUT(c, "221 2.0.0 Bye\r\n");
 		c->state = SINK_QUITTING;
 	} else
-		sink_error(t, c, "500 5.5.2 command not recognized\r\n", 34);
+		SINK_ERROR(t, c, "500 5.5.2 command not recognized\r\n");
 }
 
 /* Consumes command bytes up to the end of one line. The line limit is checked before the
@@ -325,7 +450,7 @@ sink_cmd_bytes(struct sink_thread *t, struct sink_conn *c, const uint8_t *p, siz
 		c->line_len--;
 	c->line[c->line_len] = '\0';
 	if (c->line_overflow)
-		sink_error(t, c, "500 5.5.6 line too long\r\n", 25);
+		SINK_ERROR(t, c, "500 5.5.6 line too long\r\n");
 	else
 		sink_command(t, c, c->line);
 	c->line_len = 0;
@@ -452,6 +577,22 @@ sink_data_bytes(struct sink_thread *t, struct sink_conn *c, const uint8_t *p, si
 	return len;
 }
 
+/* Consumes BDAT chunk octets: data, not lines. Only the Message-ID scan looks at them one
+ * by one, as on the DATA path, and only while in the headers; the body is skipped whole. */
+static size_t
+sink_bdat_bytes(struct sink_thread *t, struct sink_conn *c, const uint8_t *p, size_t len)
+{
+	size_t n = c->chunk_left < len ? (size_t)c->chunk_left : len, i;
+
+	if (c->bdat_verdict == SINK_BDAT_OK)
+		for (i = 0; i < n && c->in_headers; i++)
+			sink_header_byte(c, p[i]);
+	c->chunk_left -= n;
+	if (c->chunk_left == 0)
+		sink_bdat_end(t, c);
+	return n;
+}
+
 static void
 sink_input(struct sink_thread *t, struct sink_conn *c, const uint8_t *p, size_t len)
 {
@@ -461,6 +602,8 @@ sink_input(struct sink_thread *t, struct sink_conn *c, const uint8_t *p, size_t 
 	while (off < len && c->state != SINK_QUITTING && c->state != SINK_CLOSING) {
 		if (c->state == SINK_DATA)
 			off += sink_data_bytes(t, c, p + off, len - off);
+		else if (c->state == SINK_BDAT)
+			off += sink_bdat_bytes(t, c, p + off, len - off);
 		else
 			off += sink_cmd_bytes(t, c, p + off, len - off);
 	}

@@ -22,6 +22,7 @@ struct sink_opts {
 	const char *record; /* NULL: no record file */
 	unsigned idle_timeout_s;
 	int json;
+	int no_chunking; /* --no-chunking: no CHUNKING in EHLO, BDAT gets 502 */
 	unsigned nrules;
 	struct sink_reply_rule rules[SINK_REPLY_CODES_MAX];
 };

@@ -247,3 +247,189 @@ def test_bad_arguments_are_refused():
                  "--reply", "451:0.9,550:0.5"], ["frobnicate"]):
         p = subprocess.run([bench_bin(), *args], capture_output=True, text=True, timeout=10)
         assert p.returncode == 2 and p.stderr
+
+
+# --- CHUNKING (RFC 3030 BDAT) ---
+
+def final_codes(got):
+    """Codes of the last line of each reply, in order (continuation lines skipped)."""
+    return [int(l[:3]) for l in got.split(b"\r\n") if len(l) >= 4 and l[3:4] == b" "]
+
+
+def chunked_dialogue(port, data, steps=None):
+    """Sends data (then reads until the sink closes); with steps, in pieces of those sizes
+    (cycled), each its own segment, so the sink sees the stream split at odd places."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        assert s.recv(1024).startswith(b"220")
+        off, i = 0, 0
+        while off < len(data):
+            n = steps[i % len(steps)] if steps else len(data)
+            s.sendall(data[off:off + n])
+            off, i = off + n, i + 1
+            if steps:
+                time.sleep(0.002)
+        got = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return got
+            got += chunk
+
+
+def bdat_txn(msg, mail=b"MAIL FROM:<s@x.test>\r\n", rcpt=b"RCPT TO:<r@y.test>\r\n"):
+    return mail + rcpt + b"BDAT %d LAST\r\n" % len(msg) + msg
+
+
+def message(n):
+    # Data that a line parser would take for commands or an end of DATA.
+    return (b"From: s@x.test\r\nMessage-ID: <m%d@bdat.test>\r\nSubject: t\r\n\r\n"
+            b"body\r\n.\r\nMAIL FROM:<evil@x>\r\nQUIT\r\n.\r\n\x00\xff binary\r\n" % n)
+
+
+def record_lines(path):
+    return [l.split("\t") for l in path.read_text().splitlines()]
+
+
+def test_send_bdat_to_sink_records_every_message(procs, tmp_path):
+    record = tmp_path / "record.tsv"
+    port, sink = start_sink(procs, "--expect", "600", "--record", str(record), "--json",
+                            "--threads", "2")
+    rc, rep, err = run_send(port, "--bdat", "--messages", "600", "--connections", "12",
+                            "--size", "2000", "--rcpts", "2", "--to-domain", "d.test",
+                            "--from", "s@x.test", "--threads", "2", timeout=30)
+    assert rc == 0, err
+    assert rep["messages"] == 600 and rep["ok"] == 600 and rep["conn_errors"] == 0
+    assert 0 < rep["latency_ms"]["data"]["p50"] <= rep["latency_ms"]["data"]["max"]
+    src, out, serr = procs.stop(sink, sig=0)
+    assert src == 0, serr
+    summary = json.loads(out)
+    assert summary["messages"] == 600 and summary["protocol_errors"] == 0
+    lines = record_lines(record)
+    assert len(lines) == 600
+    assert {tuple(l[:2]) for l in lines} == {("s@x.test", "rcpt1@d.test,rcpt2@d.test")}
+    ids = {l[3] for l in lines}
+    assert len(ids) == 600 and all(i.startswith("<") and i.endswith("@ringmx-bench>") for i in ids)
+    # BDAT carries the message without the DATA framing: the sender's byte count (no final
+    # dot) equals the sizes the sink recorded, and the sink counted the same bytes.
+    assert rep["bytes"] == sum(int(l[2]) for l in lines) == summary["bytes"]
+
+
+def test_send_bdat_falls_back_to_data_without_chunking(procs, tmp_path):
+    record = tmp_path / "record.tsv"
+    port, sink = start_sink(procs, "--no-chunking", "--record", str(record), "--json",
+                            "--threads", "1", "--idle-timeout", "2")
+    got = chunked_dialogue(port, b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n"
+                           b"BDAT 4 LAST\r\nQUIT\r\n")
+    assert b"250-CHUNKING" not in got and b"250-PIPELINING" in got
+    assert final_codes(got) == [250, 250, 250, 502, 221]
+    rc, rep, err = run_send(port, "--bdat", "--messages", "200", "--connections", "4",
+                            timeout=30)
+    assert rc == 0 and rep["ok"] == 200, err
+    src, out, _ = procs.stop(sink)
+    assert src == 0 and json.loads(out)["messages"] == 200
+    lines = record_lines(record)
+    assert len(lines) == 200 and len({l[3] for l in lines}) == 200
+    # DATA was used: the sender counts the final ".\r\n" that the record leaves out.
+    assert rep["bytes"] == sum(int(l[2]) for l in lines) + 3 * 200
+
+
+def test_bdat_and_data_record_the_same_size(procs, tmp_path):
+    record = tmp_path / "record.tsv"
+    port, sink = start_sink(procs, "--record", str(record), "--threads", "1")
+    for flags in ([], ["--bdat"]):
+        rc, rep, err = run_send(port, *flags, "--messages", "3", "--connections", "1",
+                                "--size", "1174", timeout=20)
+        assert rc == 0 and rep["ok"] == 3, err
+    procs.stop(sink)
+    sizes = [int(l[2]) for l in record_lines(record)]
+    assert len(sizes) == 6 and sizes[:3] == sizes[3:]
+
+
+PIPELINED = (b"EHLO x\r\n" + bdat_txn(message(1)) + bdat_txn(message(2)) + b"NOOP\r\n" +
+             bdat_txn(b"Message-ID: <m3@bdat.test>\r\n\r\n", rcpt=b"RCPT TO:<r3@y.test>\r\n") +
+             b"QUIT\r\n")
+
+
+@pytest.mark.parametrize("steps", [None, [1], [7, 3, 1, 11, 2], [64, 5, 129]],
+                         ids=["one-write", "bytewise", "odd", "larger"])
+def test_sink_pipelined_bdat(procs, tmp_path, steps):
+    record = tmp_path / "record.tsv"
+    port, sink = start_sink(procs, "--record", str(record), "--threads", "1", "--json")
+    got = chunked_dialogue(port, PIPELINED, steps)
+    assert b"250-CHUNKING\r\n" in got
+    assert final_codes(got) == [250] + [250, 250, 250] * 2 + [250] + [250, 250, 250] + [221]
+    assert got.count(b"250 2.0.0 Ok: queued") == 3
+    src, out, _ = procs.stop(sink)
+    summary = json.loads(out)
+    assert summary["messages"] == 3 and summary["protocol_errors"] == 0
+    assert record_lines(record) == [
+        ["s@x.test", "r@y.test", str(len(message(1))), "<m1@bdat.test>"],
+        ["s@x.test", "r@y.test", str(len(message(2))), "<m2@bdat.test>"],
+        ["s@x.test", "r3@y.test", "30", "<m3@bdat.test>"],
+    ]
+
+
+def test_sink_bdat_multi_chunk_and_refusals(procs, tmp_path):
+    record = tmp_path / "record.tsv"
+    port, sink = start_sink(procs, "--record", str(record), "--threads", "1", "--json")
+    msg = message(7)
+    got = chunked_dialogue(port, (
+        b"EHLO x\r\n"
+        b"BDAT 12\r\nMAIL FROM:<>"        # no MAIL: 503, the octets are still data
+        b"NOOP\r\n"
+        b"MAIL FROM:<s@x.test>\r\nBDAT 3 LAST\r\nabc"  # no recipient: 554
+        b"RCPT TO:<r@y.test>\r\n"
+        + b"BDAT 20\r\n" + msg[:20]       # Message-ID header split across chunks
+        + b"BDAT 0\r\n"
+        + b"DATA\r\n"                     # DATA can't join a BDAT transaction
+        + b"BDAT %d\r\n" % (len(msg) - 20) + msg[20:]
+        + b"BDAT 0 LAST\r\n"
+        b"QUIT\r\n"), [5, 1, 3])
+    assert final_codes(got) == [250, 503, 250, 250, 554, 250, 250, 250, 503, 250, 250, 221]
+    assert b"250 2.0.0 20 octets" in got and b"250 2.0.0 0 octets" in got
+    assert b"250 2.0.0 %d octets" % (len(msg) - 20) in got
+    # Bad sizes are syntax errors and consume nothing; the third error closes.
+    got = chunked_dialogue(port, b"EHLO x\r\nBDAT x\r\nBDAT 12345678901234567890 LAST\r\n"
+                           b"BDAT 5 FIRST\r\n")
+    assert final_codes(got) == [250, 501, 501, 421]
+    src, out, _ = procs.stop(sink)
+    summary = json.loads(out)
+    assert summary["messages"] == 1 and summary["protocol_errors"] == 5
+    assert record_lines(record) == [["s@x.test", "r@y.test", str(len(msg)), "<m7@bdat.test>"]]
+
+
+def test_sink_bdat_size_limit(procs):
+    port, sink = start_sink(procs, "--threads", "1", "--json")
+    limit = 104857600
+    got = chunked_dialogue(port, b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n"
+                           b"BDAT %d LAST\r\n" % (limit + 1) + b"x" * (limit + 1) +
+                           b"RSET\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n" +
+                           b"BDAT %d\r\n" % limit + b"y" * limit + b"BDAT 1 LAST\r\nz" +
+                           b"BDAT 1 LAST\r\nz" + b"QUIT\r\n")
+    assert final_codes(got) == [250, 250, 250, 552, 250, 250, 250, 250, 552, 503, 221]
+    assert b"552 5.3.4" in got
+    src, out, _ = procs.stop(sink)
+    assert json.loads(out)["messages"] == 0
+
+
+def test_sink_bdat_reply_fraction(procs, tmp_path):
+    record = tmp_path / "record.tsv"
+    # With --threads 1 the second of every two RCPTs gets 550.
+    port, sink = start_sink(procs, "--reply", "550:0.5", "--record", str(record),
+                            "--threads", "1", "--json")
+    got = chunked_dialogue(port, b"EHLO x\r\n" + bdat_txn(message(1)) + bdat_txn(message(2)) +
+                           b"RSET\r\n" + bdat_txn(message(3)) + b"QUIT\r\n")
+    assert final_codes(got) == [250, 250, 250, 250, 250, 550, 554, 250, 250, 250, 250, 221]
+    src, out, _ = procs.stop(sink)
+    summary = json.loads(out)
+    assert summary["messages"] == 2 and summary["rcpt_permfail"] == 1
+    assert [l[3] for l in record_lines(record)] == ["<m1@bdat.test>", "<m3@bdat.test>"]
+    port, sink = start_sink(procs, "--reply", "550:0.1", "--threads", "1", "--json")
+    rc, rep, err = run_send(port, "--bdat", "--messages", "400", "--connections", "4",
+                            timeout=30)
+    assert rc == 0, err
+    assert rep["ok"] == 360 and rep["permfail"] == 40 and rep["rcpt_permfail"] == 40
+    assert "550 5.0.0" in " ".join(e["text"] for e in rep["first_errors"])
+    src, out, _ = procs.stop(sink)
+    assert json.loads(out)["messages"] == 360
