@@ -1,5 +1,6 @@
 """A recording SMTP sink for outbound tests: a small threaded server on loopback that keeps
-every message exactly as it arrived (the wire bytes and the dot-unstuffed DATA), counts
+every message exactly as it arrived (the wire bytes and the dot-unstuffed DATA, or the BDAT
+chunks when CHUNKING is among its extensions), counts
 connections, concurrent connections and transactions per connection, and answers RCPT and
 DATA as a test's policy says (including closing the connection at chosen moments).
 
@@ -22,9 +23,10 @@ class Message:
     sender: str
     rcpts: list
     data: bytes  # DATA after dot-unstuffing, with CRLFs, without the final ".\r\n"
-    wire: bytes  # DATA exactly as received, up to and including ".\r\n"
+    wire: bytes  # DATA exactly as received, up to and including ".\r\n" (BDAT: the chunks)
     conn: int  # which connection (1, 2, ...) carried it
-    reply: str = ""  # what the sink answered to DATA
+    reply: str = ""  # what the sink answered to DATA or BDAT LAST
+    verb: str = "DATA"  # or "BDAT"
 
 
 @dataclass
@@ -34,6 +36,7 @@ class Txn:
     conn: int
     sender: str = ""
     rcpts: list = field(default_factory=list)
+    chunks: list = field(default_factory=list)  # BDAT octets so far
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -65,12 +68,15 @@ class _Handler(socketserver.StreamRequestHandler):
             raw = self._line()
             line = raw.rstrip(b"\r\n").decode(errors="replace")
             verb = line[:4].upper()
+            with sink.lock:
+                sink.verbs.append(verb)
             if verb in ("EHLO", "HELO"):
                 txn = None
                 ext = sink.extensions if verb == "EHLO" else []
-                for e in ext:
+                lines = [sink.name] + list(ext)  # RFC 5321 §4.1.1.1: the domain first
+                for e in lines[:-1]:
                     self._send(f"250-{e}")
-                self._send(f"250 {sink.name}")
+                self._send(f"250 {lines[-1]}")
             elif verb == "MAIL":
                 txn = Txn(sink, conn, sender=_path(line))
                 self._send("250 2.1.0 ok")
@@ -96,6 +102,11 @@ class _Handler(socketserver.StreamRequestHandler):
                 if not self._data(sink, txn):
                     return
                 txn = None
+            elif verb == "BDAT" and "CHUNKING" in sink.extensions:
+                if not self._bdat(sink, txn, line):
+                    return
+                if line.upper().endswith(" LAST"):
+                    txn = None
             elif verb == "RSET":
                 txn = None
                 self._send("250 2.0.0 ok")
@@ -117,17 +128,45 @@ class _Handler(socketserver.StreamRequestHandler):
             if raw == b".\r\n":
                 break
             data.append(raw[1:] if raw.startswith(b".") else raw)
+        return self._message(sink, txn, b"".join(data), b"".join(wire), "DATA")
+
+    def _message(self, sink, txn, data, wire, verb):
+        """A complete message, answered as data_policy says; False when it closes."""
         reply = sink.data_policy(txn) or "250 2.0.0 ok: stored"
         after = False
         if isinstance(reply, tuple):  # (reply, CLOSE): answer, then hang up at once
             reply, after = reply[0], reply[1] == CLOSE
-        msg = Message(txn.sender, list(txn.rcpts), b"".join(data), b"".join(wire), txn.conn,
-                      reply if reply != CLOSE else "")
+        msg = Message(txn.sender, list(txn.rcpts), data, wire, txn.conn,
+                      reply if reply != CLOSE else "", verb)
         sink._stored(msg, counted=reply != CLOSE and reply.startswith("2"))
         if reply == CLOSE:
             return False
         self._send(reply)
         return not after
+
+
+    def _bdat(self, sink, txn, line):
+        """RFC 3030: the octets are read whatever the reply; False when the policy closes."""
+        words = line.split()
+        size = int(words[1]) if len(words) >= 2 and words[1].isdigit() else -1
+        if size < 0:
+            self._send("501 5.5.4 BDAT size")
+            return True
+        chunk = self.rfile.read(size)
+        if len(chunk) < size:
+            raise EOFError
+        if txn is None:
+            self._send("503 5.5.1 no MAIL")
+            return True
+        if not txn.rcpts:
+            self._send("554 5.5.1 no valid recipients")
+            return True
+        txn.chunks.append(chunk)
+        if len(words) < 3:
+            self._send(f"250 2.0.0 {size} octets")
+            return True
+        data = b"".join(txn.chunks)
+        return self._message(sink, txn, data, data, "BDAT")
 
 
 def _path(line):
@@ -166,6 +205,7 @@ class Sink:
         self.concurrent = 0
         self.max_concurrent = 0
         self.txns_per_conn = {}  # connection number -> messages answered 2xx on it
+        self.verbs = []  # every command's verb, in arrival order
         self.socks = set()
         self.server = None
         self.thread = None
