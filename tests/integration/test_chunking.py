@@ -1,13 +1,10 @@
 """CHUNKING (RFC 3030) inbound: BDAT messages are taken byte for byte, relayed exactly
 (our Received: header first), pipelined with other commands, refused with their octets
 still read, and durable once the final 250 is out."""
-import socket
-
 from conftest import RawSmtp, free_port, show_message, smtp_client
 from sinks import Sink
+from test_outbound import SHORT_QUEUE, relay_to
 from test_smtp import queued_id
-
-SHORT_QUEUE = {"retry": ["1s", "2s"], "max_lifetime": "60s"}
 
 # Everything DATA would treat specially: dots, an end-of-data line, commands, 8-bit.
 BODY = (b"From: from@client.example\r\nTo: to@example.test\r\nSubject: chunked\r\n\r\n"
@@ -48,10 +45,6 @@ def split_received(data):
         more, rest = rest.split(b"\r\n", 1)
         received += b"\r\n" + more
     return received, rest
-
-
-def relay_to(factory, sink, **overrides):
-    return factory(routes={"*": sink.route}, queue=SHORT_QUEUE, **overrides)
 
 
 def test_ehlo_advertises_chunking(ringmx):
