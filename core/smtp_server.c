@@ -12,7 +12,7 @@
 #define SMTP_OUTPUT_CAP  (SMTP_OUTPUT_MAX + 4 * SMTP_REPLY_MAX)
 #define SMTP_BODY_CHUNK  4096 /* first body allocation without a SIZE hint */
 #define SMTP_RCPT_CHUNK  8    /* first recipient-array allocation */
-#define SMTP_SIZE_DIGITS 20   /* SIZE= values longer than this cannot be a size_t */
+#define SMTP_SIZE_DIGITS 20   /* SIZE= and BDAT sizes longer than this cannot be a size_t */
 
 static_assert(SMTP_LINE_MAX <= SMTP_LINE_EXT_MAX, "the extended line limit is the larger");
 static_assert(SMTP_HELO_MAX + 16 <= SMTP_REPLY_LINE_MAX, "the hostname fits in a reply line");
@@ -21,7 +21,7 @@ static_assert(SMTP_PARAMS_MAX >= SMTP_LINE_EXT_MAX, "a line's parameters fit SMT
 static_assert(SMTP_ORCPT_MAX >= SMTP_ENVID_MAX, "one decoding buffer serves both");
 
 enum smtp_body_state {
-	BODY_LINE_START, /* after a real CRLF (or the DATA line): a dot is special */
+	BODY_LINE_START, /* after a real CRLF (or the DATA line): a dot is special; not in BDAT */
 	BODY_DOT,        /* line start, then '.' */
 	BODY_DOT_CR,     /* line start, then ".\r": an LF ends the message */
 	BODY_TEXT,       /* inside a line */
@@ -48,8 +48,9 @@ struct smtp_server {
 
 	char line[SMTP_LINE_EXT_MAX + 1]; /* the command being assembled, NUL added when done */
 	size_t line_len;
-	size_t line_total; /* octets of the completed line with its terminator */
-	bool line_discard; /* over its limit: dropped up to the next LF */
+	size_t line_total;       /* octets of the completed line with its terminator */
+	bool line_discard;       /* over its limit: dropped up to the next LF */
+	bool line_discard_chunk; /* ... and it was a BDAT: its chunk's end is unknown */
 
 	uint8_t *out; /* SMTP_OUTPUT_CAP bytes; pending replies are [out_start, out_len) */
 	size_t out_start, out_len;
@@ -65,6 +66,10 @@ struct smtp_server {
 	size_t body_len, body_cap;
 	enum smtp_body_state body_state;
 	bool body_bare, body_too_big, body_nomem;
+	bool body_chunked; /* the body comes by BDAT: DATA and RCPT are refused */
+
+	size_t chunk_size, chunk_left; /* of the BDAT chunk being read, or skipped if refused */
+	bool chunk_last;
 
 	unsigned errors;
 	struct smtp_server_counts counts;
@@ -73,6 +78,7 @@ struct smtp_server {
 #define CMD_PRE_TLS   0x1u /* allowed while TLS is required but not active */
 #define CMD_NEED_HELO 0x2u /* 503 before EHLO/HELO */
 #define CMD_LONG_LINE 0x4u /* ESMTP parameters may take it to SMTP_LINE_EXT_MAX */
+#define CMD_CHUNK     0x8u /* octets follow the line (BDAT): read even when refused */
 
 /* check validates and returns a refusal (or NULL); proceed acts and may raise an event. */
 struct smtp_cmd {
@@ -90,6 +96,7 @@ static const char reply_nomem[] = "452 4.3.1 Insufficient system storage";
 static const char reply_need_mail[] = "503 5.5.1 Error: need MAIL command";
 static const char reply_params[] = "501 5.5.4 Syntax error in parameters";
 static const char reply_unsupported[] = "555 5.5.4 Unsupported parameter";
+static const char reply_bdat_started[] = "503 5.5.1 Error: BDAT transaction in progress";
 
 #define STATE_BIT(st) (1u << (st))
 
@@ -101,9 +108,12 @@ static const unsigned smtp_server_transitions[] = {
     [SMTP_SERVER_MAIL] = STATE_BIT(SMTP_SERVER_READY) | STATE_BIT(SMTP_SERVER_RCPT_WAIT) |
                          STATE_BIT(SMTP_SERVER_CLOSING),
     [SMTP_SERVER_RCPT] = STATE_BIT(SMTP_SERVER_READY) | STATE_BIT(SMTP_SERVER_RCPT_WAIT) |
-                         STATE_BIT(SMTP_SERVER_DATA) | STATE_BIT(SMTP_SERVER_CLOSING),
+                         STATE_BIT(SMTP_SERVER_DATA) | STATE_BIT(SMTP_SERVER_BDAT) |
+                         STATE_BIT(SMTP_SERVER_CLOSING),
     [SMTP_SERVER_DATA] = STATE_BIT(SMTP_SERVER_DATA_WAIT) | STATE_BIT(SMTP_SERVER_READY) |
                          STATE_BIT(SMTP_SERVER_CLOSING),
+    [SMTP_SERVER_BDAT] = STATE_BIT(SMTP_SERVER_RCPT) | STATE_BIT(SMTP_SERVER_DATA_WAIT) |
+                         STATE_BIT(SMTP_SERVER_READY) | STATE_BIT(SMTP_SERVER_CLOSING),
     [SMTP_SERVER_DATA_WAIT] = STATE_BIT(SMTP_SERVER_READY) | STATE_BIT(SMTP_SERVER_CLOSING),
     [SMTP_SERVER_RCPT_WAIT] =
         STATE_BIT(SMTP_SERVER_MAIL) | STATE_BIT(SMTP_SERVER_RCPT) | STATE_BIT(SMTP_SERVER_CLOSING),
@@ -125,9 +135,9 @@ smtp_server_state_name(enum smtp_server_state st)
 	static const char *const names[] = {
 	    [SMTP_SERVER_GREETING] = "greeting",   [SMTP_SERVER_READY] = "ready",
 	    [SMTP_SERVER_MAIL] = "mail",           [SMTP_SERVER_RCPT] = "rcpt",
-	    [SMTP_SERVER_DATA] = "data",           [SMTP_SERVER_DATA_WAIT] = "data_wait",
-	    [SMTP_SERVER_RCPT_WAIT] = "rcpt_wait", [SMTP_SERVER_TLS_WAIT] = "tls_wait",
-	    [SMTP_SERVER_CLOSING] = "closing",
+	    [SMTP_SERVER_DATA] = "data",           [SMTP_SERVER_BDAT] = "bdat",
+	    [SMTP_SERVER_DATA_WAIT] = "data_wait", [SMTP_SERVER_RCPT_WAIT] = "rcpt_wait",
+	    [SMTP_SERVER_TLS_WAIT] = "tls_wait",   [SMTP_SERVER_CLOSING] = "closing",
 	};
 	if ((unsigned)st >= sizeof(names) / sizeof(names[0]))
 		return "invalid";
@@ -201,6 +211,7 @@ smtp_server_reset_transaction(struct smtp_server *s)
 	s->rcpt_cap = 0;
 	memset(&s->env, 0, sizeof(s->env));
 	s->size_hint = 0;
+	s->body_chunked = false;
 }
 
 static enum smtp_event_type
@@ -257,7 +268,7 @@ static enum smtp_event_type
 smtp_proceed_ehlo(struct smtp_server *s, const char *args, size_t len, struct smtp_event *ev)
 {
 	char size[40];
-	const char *lines[9];
+	const char *lines[10];
 	size_t n = 0;
 
 	smtp_server_set_helo(s, args, len, true);
@@ -266,6 +277,7 @@ smtp_proceed_ehlo(struct smtp_server *s, const char *args, size_t len, struct sm
 	lines[n++] = "PIPELINING";
 	lines[n++] = size;
 	lines[n++] = "8BITMIME";
+	lines[n++] = "CHUNKING";
 	lines[n++] = "ENHANCEDSTATUSCODES";
 	lines[n++] = "DSN";
 	lines[n++] = "SMTPUTF8";
@@ -593,6 +605,9 @@ smtp_check_rcpt(struct smtp_server *s, const char *args, size_t len)
 
 	if (s->state != SMTP_SERVER_MAIL && s->state != SMTP_SERVER_RCPT)
 		return reply_need_mail;
+	/* The envelope is fixed once content has come. */
+	if (s->body_chunked)
+		return reply_bdat_started;
 	refusal = smtp_server_parse_path(s, args, len, "TO:", s->env.smtputf8);
 	if (refusal != NULL)
 		return refusal;
@@ -646,15 +661,29 @@ smtp_server_rcpt_done(struct smtp_server *s, const char *reply)
 	smtp_server_state_set(s, s->env.rcpt_count > 0 ? SMTP_SERVER_RCPT : SMTP_SERVER_MAIL);
 }
 
-/* DATA and the message body */
+/* DATA, BDAT and the message body */
 
+/* Both ways of sending content need a transaction with a recipient. */
 static const char *
-smtp_check_data(struct smtp_server *s, const char *args, size_t len)
+smtp_server_check_content(const struct smtp_server *s)
 {
 	if (s->state == SMTP_SERVER_MAIL)
 		return "554 5.5.1 No valid recipients";
 	if (s->state != SMTP_SERVER_RCPT)
 		return reply_need_mail;
+	return NULL;
+}
+
+static const char *
+smtp_check_data(struct smtp_server *s, const char *args, size_t len)
+{
+	const char *refusal = smtp_server_check_content(s);
+
+	if (refusal != NULL)
+		return refusal;
+	/* RFC 3030 §2: a transaction's content comes by DATA or by BDAT, never both. */
+	if (s->body_chunked)
+		return reply_bdat_started;
 	if (len > 0)
 		return "501 5.5.4 Syntax: DATA";
 	return NULL;
@@ -683,16 +712,25 @@ smtp_server_body_reserve(struct smtp_server *s, size_t need)
 	return true;
 }
 
-static enum smtp_event_type
-smtp_proceed_data(struct smtp_server *s, const char *args, size_t len, struct smtp_event *ev)
+/* The first octet of content, by DATA or by the first BDAT of the transaction. */
+static void
+smtp_server_body_begin(struct smtp_server *s, bool chunked)
 {
-	s->body_state = BODY_LINE_START;
+	/* BDAT has no dot rules, so its content never is at a "line start". */
+	s->body_state = chunked ? BODY_TEXT : BODY_LINE_START;
+	s->body_chunked = chunked;
 	s->body_bare = false;
 	s->body_too_big = false;
 	s->body_nomem = false;
 	/* A SIZE= hint sizes the buffer once, so an honest client's body is never moved. */
 	if (s->size_hint > 0)
 		(void)smtp_server_body_reserve(s, s->size_hint);
+}
+
+static enum smtp_event_type
+smtp_proceed_data(struct smtp_server *s, const char *args, size_t len, struct smtp_event *ev)
+{
+	smtp_server_body_begin(s, false);
 	smtp_server_state_set(s, SMTP_SERVER_DATA);
 	smtp_server_reply(s, "354 End data with <CR><LF>.<CR><LF>");
 	return SMTP_EV_NONE;
@@ -773,7 +811,7 @@ smtp_server_body_byte(struct smtp_server *s, uint8_t c)
 	case BODY_CR:
 		if (c == '\n') {
 			smtp_server_body_put(s, (const uint8_t *)"\r\n", 2);
-			s->body_state = BODY_LINE_START;
+			s->body_state = s->body_chunked ? BODY_TEXT : BODY_LINE_START;
 			return false;
 		}
 		smtp_server_body_bare(s);
@@ -811,11 +849,13 @@ smtp_server_data_end(struct smtp_server *s, struct smtp_event *ev)
 	return SMTP_EV_MESSAGE;
 }
 
+/* Runs content through the line-end rules; returns the octets used, *end after DATA's end. */
 static size_t
-smtp_server_data_feed(struct smtp_server *s, const uint8_t *in, size_t len, struct smtp_event *ev)
+smtp_server_body_scan(struct smtp_server *s, const uint8_t *in, size_t len, bool *end)
 {
 	size_t i = 0;
 
+	*end = false;
 	while (i < len) {
 		if (s->body_state == BODY_TEXT) {
 			size_t run = i;
@@ -828,11 +868,145 @@ smtp_server_data_feed(struct smtp_server *s, const uint8_t *in, size_t len, stru
 				break;
 		}
 		if (smtp_server_body_byte(s, in[i++])) {
-			smtp_server_data_end(s, ev);
+			*end = true;
 			break;
 		}
 	}
 	return i;
+}
+
+static size_t
+smtp_server_data_feed(struct smtp_server *s, const uint8_t *in, size_t len, struct smtp_event *ev)
+{
+	bool end;
+	size_t used = smtp_server_body_scan(s, in, len, &end);
+
+	if (end)
+		smtp_server_data_end(s, ev);
+	return used;
+}
+
+/*
+ * "<size>" or "<size> LAST" (RFC 3030 §2; trailing spaces tolerated) into
+ * chunk_size, chunk_left and chunk_last; -1 when it cannot be read.
+ */
+static int
+smtp_server_chunk_parse(struct smtp_server *s, const char *args, size_t len)
+{
+	size_t digits = 0, v = 0;
+
+	while (len > 0 && args[len - 1] == ' ')
+		len--;
+	while (digits < len && args[digits] >= '0' && args[digits] <= '9') {
+		size_t d = (size_t)(args[digits++] - '0');
+
+		if (digits > SMTP_SIZE_DIGITS || v > (SIZE_MAX - d) / 10)
+			return -1;
+		v = v * 10 + d;
+	}
+	if (digits == 0)
+		return -1;
+	s->chunk_last = ascii_equal(args + digits, len - digits, " LAST");
+	if (!s->chunk_last && digits != len)
+		return -1;
+	s->chunk_size = v;
+	s->chunk_left = v;
+	return 0;
+}
+
+/*
+ * Where a chunk ends is unknown, so whatever follows could be message bytes:
+ * never run them as commands, close instead.
+ */
+static enum smtp_event_type
+smtp_server_chunk_unframed(struct smtp_server *s, const char *reply, struct smtp_event *ev)
+{
+	if (smtp_server_refuse(s, reply, ev) == SMTP_EV_CLOSE)
+		return SMTP_EV_CLOSE;
+	smtp_server_printf(s, "421 4.5.0 %s Error: BDAT chunk size unreadable, closing\r\n",
+	                   s->params.hostname);
+	return smtp_server_close(s, SMTP_CLOSE_CHUNK_UNFRAMED, ev);
+}
+
+/* A refused BDAT: its octets are skipped by feed(); a LAST still ends the transaction. */
+static void
+smtp_server_chunk_refused(struct smtp_server *s)
+{
+	if (!s->chunk_last || (s->state != SMTP_SERVER_MAIL && s->state != SMTP_SERVER_RCPT))
+		return;
+	smtp_server_reset_transaction(s);
+	smtp_server_state_set(s, SMTP_SERVER_READY);
+}
+
+/* A LAST chunk's content may end anywhere; the stored body ends with CRLF as DATA's does. */
+static void
+smtp_server_chunk_finish(struct smtp_server *s)
+{
+	if (s->body_state == BODY_CR)
+		smtp_server_body_bare(s);
+	if (s->body_len > 0 && (s->body_len < 2 || s->body[s->body_len - 2] != '\r' ||
+	                        s->body[s->body_len - 1] != '\n'))
+		smtp_server_body_put(s, (const uint8_t *)"\r\n", 2);
+}
+
+static enum smtp_event_type
+smtp_server_chunk_end(struct smtp_server *s, struct smtp_event *ev)
+{
+	assert(s->chunk_left == 0);
+	if (s->chunk_last) {
+		smtp_server_chunk_finish(s);
+		return smtp_server_data_end(s, ev);
+	}
+	smtp_server_state_set(s, SMTP_SERVER_RCPT);
+	smtp_server_printf(s, "250 2.0.0 %zu octets received\r\n", s->chunk_size);
+	return SMTP_EV_NONE;
+}
+
+static const char *
+smtp_check_bdat(struct smtp_server *s, const char *args, size_t len)
+{
+	return smtp_server_check_content(s);
+}
+
+static enum smtp_event_type
+smtp_proceed_bdat(struct smtp_server *s, const char *args, size_t len, struct smtp_event *ev)
+{
+	if (!s->body_chunked)
+		smtp_server_body_begin(s, true);
+	/* Too big by its size alone: none of it is buffered, it is read to the end. */
+	if (s->chunk_size > s->limits.message_size_max - s->body_len)
+		s->body_too_big = true;
+	smtp_server_state_set(s, SMTP_SERVER_BDAT);
+	if (s->chunk_left > 0)
+		return SMTP_EV_NONE;
+	return smtp_server_chunk_end(s, ev);
+}
+
+/* The octets of an accepted chunk: content, not commands, whatever they hold. */
+static size_t
+smtp_server_chunk_feed(struct smtp_server *s, const uint8_t *in, size_t len, struct smtp_event *ev)
+{
+	size_t n = len < s->chunk_left ? len : s->chunk_left;
+	bool end;
+	size_t used = smtp_server_body_scan(s, in, n, &end);
+
+	/* Without dot rules nothing in the content ends it early. */
+	assert(used == n);
+	assert(!end);
+	s->chunk_left -= n;
+	if (s->chunk_left == 0)
+		smtp_server_chunk_end(s, ev);
+	return n;
+}
+
+/* The octets of a refused chunk: read and dropped (RFC 3030 §2). */
+static size_t
+smtp_server_chunk_skip(struct smtp_server *s, size_t len)
+{
+	size_t n = len < s->chunk_left ? len : s->chunk_left;
+
+	s->chunk_left -= n;
+	return n;
 }
 
 void
@@ -953,6 +1127,7 @@ static const struct smtp_cmd smtp_cmds[] = {
     {"MAIL", CMD_NEED_HELO | CMD_LONG_LINE, smtp_check_mail, smtp_proceed_mail},
     {"RCPT", CMD_NEED_HELO | CMD_LONG_LINE, smtp_check_rcpt, smtp_proceed_rcpt},
     {"DATA", CMD_NEED_HELO, smtp_check_data, smtp_proceed_data},
+    {"BDAT", CMD_NEED_HELO | CMD_CHUNK, smtp_check_bdat, smtp_proceed_bdat},
     {"RSET", CMD_PRE_TLS, smtp_check_no_args, smtp_proceed_rset},
     {"NOOP", CMD_PRE_TLS, NULL, smtp_proceed_noop},
     {"QUIT", CMD_PRE_TLS, NULL, smtp_proceed_quit},
@@ -987,6 +1162,10 @@ smtp_server_dispatch(struct smtp_server *s, const char *line, size_t len, struct
 	const char *refusal = NULL;
 
 	s->counts.commands++;
+	/* The chunk's size comes first: its octets must be read even if BDAT is refused. */
+	if (cmd != NULL && (cmd->flags & CMD_CHUNK) &&
+	    smtp_server_chunk_parse(s, args, args_len) < 0)
+		return smtp_server_chunk_unframed(s, "501 5.5.4 Syntax: BDAT size [LAST]", ev);
 	if (cmd == NULL)
 		refusal = reply_unknown;
 	else if (s->params.tls_required && !s->params.tls_active && !(cmd->flags & CMD_PRE_TLS))
@@ -995,6 +1174,8 @@ smtp_server_dispatch(struct smtp_server *s, const char *line, size_t len, struct
 		refusal = "503 5.5.1 Error: send HELO/EHLO first";
 	else if (cmd->check != NULL)
 		refusal = cmd->check(s, args, args_len);
+	if (refusal != NULL && cmd != NULL && (cmd->flags & CMD_CHUNK))
+		smtp_server_chunk_refused(s);
 	if (refusal != NULL)
 		return smtp_server_refuse(s, refusal, ev);
 	assert(cmd->proceed);
@@ -1025,7 +1206,11 @@ smtp_server_line_append(struct smtp_server *s, const uint8_t *p, size_t n)
 	memcpy(s->line + s->line_len, p, take);
 	s->line_len += take;
 	if (take < n || s->line_len + 1 > smtp_server_line_limit(s)) {
+		size_t verb_len;
+		const struct smtp_cmd *cmd = smtp_cmd_find(s->line, s->line_len, &verb_len);
+
 		s->line_discard = true;
+		s->line_discard_chunk = cmd != NULL && (cmd->flags & CMD_CHUNK);
 		s->line_len = 0;
 	}
 }
@@ -1040,7 +1225,10 @@ smtp_server_line_done(struct smtp_server *s, struct smtp_event *ev)
 	if (s->line_discard) {
 		s->line_discard = false;
 		s->counts.commands++;
-		smtp_server_refuse(s, reply_too_long, ev);
+		if (s->line_discard_chunk)
+			smtp_server_chunk_unframed(s, reply_too_long, ev);
+		else
+			smtp_server_refuse(s, reply_too_long, ev);
 		return;
 	}
 	/* CRLF or a bare LF ends a command line; a bare CR stays in it. */
@@ -1085,7 +1273,14 @@ smtp_server_feed(struct smtp_server *s, const uint8_t *in, size_t len, struct sm
 		case SMTP_SERVER_DATA:
 			used += smtp_server_data_feed(s, in + used, len - used, ev);
 			break;
+		case SMTP_SERVER_BDAT:
+			used += smtp_server_chunk_feed(s, in + used, len - used, ev);
+			break;
 		default:
+			if (s->chunk_left > 0) {
+				used += smtp_server_chunk_skip(s, len - used);
+				break;
+			}
 			if (smtp_server_output_full(s))
 				return used;
 			used += smtp_server_line_feed(s, in + used, len - used, ev);
@@ -1206,7 +1401,7 @@ bool
 smtp_server_in_data(const struct smtp_server *s)
 {
 	assert(s);
-	return s->state == SMTP_SERVER_DATA;
+	return s->state == SMTP_SERVER_DATA || s->state == SMTP_SERVER_BDAT || s->chunk_left > 0;
 }
 
 const char *

@@ -8,6 +8,22 @@
  *
  * Replies of a pipelined group are collected and handed out together
  * (RFC 2920): the caller sends the output once per read, not per command.
+ *
+ * CHUNKING (RFC 3030): "BDAT <size> [LAST]" is followed by exactly <size> octets
+ * of message content, taken as they are (no dot-unstuffing), across any feed()
+ * split; the next octet starts a command line again. Each chunk is answered
+ * "250 2.0.0 <size> octets received" once its octets are in, except the LAST,
+ * which raises SMTP_EV_MESSAGE as the end of DATA does. Chunk octets are read and
+ * discarded also when their BDAT is refused (503/530/554). A BDAT line whose size
+ * cannot be read (not 1..20 digits, too big for size_t, junk after it, line too
+ * long) leaves the chunk's end unknown: 501 or 500, then 421 and SMTP_EV_CLOSE,
+ * so message bytes are never run as commands. BDAT LAST ends the transaction
+ * whatever its outcome (stored, refused, or refused for lack of a recipient), so
+ * a client may pipeline the next MAIL right after the chunk; RSET or EHLO between
+ * chunks discards the content; DATA and RCPT after a BDAT are refused with 503.
+ * BINARYMIME is not offered, so content is text: bare CR and LF follow
+ * params.bare_newline as in DATA, and a missing final CRLF is added, so the stored
+ * body ends as a DATA body does. The limit counts the body as stored.
  */
 #ifndef RINGMX_CORE_SMTP_SERVER_H
 #define RINGMX_CORE_SMTP_SERVER_H
@@ -33,6 +49,7 @@ enum smtp_server_state {
 	SMTP_SERVER_MAIL,      /* MAIL accepted, waiting for RCPT */
 	SMTP_SERVER_RCPT,      /* at least one RCPT accepted */
 	SMTP_SERVER_DATA,      /* reading the message body */
+	SMTP_SERVER_BDAT,      /* reading the octets of an accepted BDAT chunk */
 	SMTP_SERVER_DATA_WAIT, /* body complete, waiting for smtp_server_message_done() */
 	SMTP_SERVER_RCPT_WAIT, /* waiting for smtp_server_rcpt_done() */
 	SMTP_SERVER_TLS_WAIT,  /* input discarded until the handshake ends */
@@ -53,6 +70,7 @@ enum smtp_close_reason {
 	SMTP_CLOSE_TLS_REQUIRED_QUIT, /* QUIT while TLS was required and never started */
 	SMTP_CLOSE_SHUTDOWN,          /* smtp_server_shutdown(): 421 4.3.2 sent */
 	SMTP_CLOSE_TIMEOUT,           /* smtp_server_timeout(): 421 4.4.2 sent */
+	SMTP_CLOSE_CHUNK_UNFRAMED,    /* a BDAT size was unreadable: 421 4.5.0 sent */
 };
 
 /* What a session is allowed and what it has; set by the caller at connect and on TLS. */
@@ -66,7 +84,7 @@ struct smtp_server_params {
 };
 
 struct smtp_server_limits {
-	size_t message_size_max;  /* bytes of body as received (after unstuffing) */
+	size_t message_size_max;  /* bytes of body as stored (unstuffed, CRLF-normalized) */
 	unsigned rcpt_count_max;  /* 452 4.5.3 past this */
 	unsigned error_count_max; /* 421 4.7.0 and close at this many bad commands */
 };
@@ -102,6 +120,8 @@ struct smtp_envelope {
 	 * Unstuffed, without the final ".\r\n"; never NULL. Bare LF and bare CR are
 	 * stored as CRLF (NORMALIZE) but do not start a line, so a body may hold a
 	 * line "." that came in as "\n.\r\n": relaying must dot-stuff as usual.
+	 * BDAT content is the chunks' octets joined, normalized the same way, with a
+	 * final CRLF added when it lacks one (an empty one stays empty).
 	 */
 	const uint8_t *body;
 	size_t body_len;
@@ -173,7 +193,8 @@ bool smtp_server_output_full(const struct smtp_server *s);
 
 enum smtp_server_state smtp_server_state(const struct smtp_server *s);
 const char *smtp_server_state_name(enum smtp_server_state st);
-bool smtp_server_in_data(const struct smtp_server *s); /* for data_timeout vs command_timeout */
+/* For data_timeout vs command_timeout: true in DATA and inside BDAT chunk octets. */
+bool smtp_server_in_data(const struct smtp_server *s);
 
 /* The HELO/EHLO name given, "" before; and ESMTP vs SMTP. */
 const char *smtp_server_helo(const struct smtp_server *s);

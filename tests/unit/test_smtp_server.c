@@ -12,7 +12,7 @@
  *   S: text          one expected reply line (its CRLF implied)
  *   E: event         expected event: RCPT <addr> [params=...] | MESSAGE from=<a> to=<b>,<c>
  *                    [8bitmime] [smtputf8] [params=...] [rcpt_params=...|...] | STARTTLS |
- *                    CLOSE quit|errors|tls_required_quit
+ *                    CLOSE quit|errors|tls_required_quit|chunk_unframed
  *   B: bytes         expected body of the MESSAGE event before it (escapes as C:)
  *   A: answer        answer to the next RCPT (ok | a reply line) or MESSAGE event
  *                    (queued ID | nospace | error), in order
@@ -213,8 +213,8 @@ run_message(struct server_run *r, const struct smtp_envelope *env)
 static void
 run_event(struct server_run *r, const struct smtp_event *ev)
 {
-	static const char *const why[] = {"quit", "errors", "tls_required_quit", "shutdown",
-	                                  "timeout"};
+	static const char *const why[] = {"quit",     "errors",  "tls_required_quit",
+	                                  "shutdown", "timeout", "chunk_unframed"};
 	char addr[4 * ADDRESS_PATH_MAX + 8];
 	const char *a;
 
@@ -526,6 +526,83 @@ test_close_while_waiting(void)
 	smtp_server_free(s);
 }
 
+/* BDAT lines whose size can't be read close the session; readable ones frame their octets. */
+static void
+test_bdat_syntax(void)
+{
+	static const char *const bad[] = {
+	    "BDAT",           "BDAT ",        "BDAT -1",
+	    "BDAT +1",        "BDAT 0x1",     "BDAT 1 LAST x",
+	    "BDAT 1  LAST",   "BDAT 1LAST",   "BDAT 1 L",
+	    "BDAT 1 LASTING", "BDAT  1",      "BDAT 1 LAST\t",
+	    "BDAT 1 2",       "BDAT 1\rLAST", "BDAT 000000000000000000001",
+	};
+	static const char *const good[] = {"BDAT 1 LAST ", "bdat 1 last", "BDAT 1 LaSt",
+	                                   "BDAT 00000000000000000001 LAST"};
+	char in[128];
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct smtp_server *s = smtp_server_new(&test_params, &test_limits);
+		int n = snprintf(in, sizeof(in), "EHLO c\r\n%s\r\nNOOP\r\n", bad[i]);
+
+		feed_all(s, in, (size_t)n, NULL);
+		CHECK(smtp_server_state(s) == SMTP_SERVER_CLOSING);
+		smtp_server_free(s);
+	}
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		struct smtp_server *s = smtp_server_new(&test_params, &test_limits);
+		unsigned events = 0;
+		int n =
+		    snprintf(in, sizeof(in),
+		             "EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<r@b.test>\r\n%s\r\nx", good[i]);
+
+		feed_all(s, in, (size_t)n, &events);
+		CHECK(events == 2); /* the RCPT and the message */
+		CHECK(smtp_server_state(s) == SMTP_SERVER_READY);
+		smtp_server_free(s);
+	}
+}
+
+/*
+ * A chunk 256 times the limit, with bare LFs, fed in pieces: read to its end
+ * (the body buffer never grows past message_size_max), then 552.
+ */
+static void
+test_bdat_huge(void)
+{
+	static const char head[] = "EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<r@b.test>\r\n"
+	                           "BDAT 268435456 LAST\r\n";
+	static const char tail[] = "NOOP\r\n";
+	size_t piece = 64 * 1024, total = 268435456, len;
+	char *buf = malloc(piece);
+	struct smtp_server *s = smtp_server_new(&test_params, &test_limits);
+	struct smtp_event ev;
+	const uint8_t *out;
+
+	memset(buf, 'z', piece);
+	for (size_t i = 0; i < piece; i += 100)
+		buf[i] = '\n';
+	feed_all(s, head, sizeof(head) - 1, NULL);
+	CHECK(smtp_server_state(s) == SMTP_SERVER_BDAT);
+	CHECK(smtp_server_in_data(s));
+	for (size_t fed = 0; fed < total; fed += piece) {
+		if (smtp_server_feed(s, (const uint8_t *)buf, piece, &ev) != piece ||
+		    ev.type != SMTP_EV_NONE) {
+			CHECK(!"every octet of the chunk is taken as content");
+			break;
+		}
+	}
+	CHECK(smtp_server_state(s) == SMTP_SERVER_READY);
+	CHECK(!smtp_server_in_data(s));
+	CHECK(smtp_server_feed(s, (const uint8_t *)tail, sizeof(tail) - 1, &ev) ==
+	      sizeof(tail) - 1);
+	out = smtp_server_output(s, &len);
+	CHECK(len == 41);
+	CHECK(len == 41 && memcmp(out, "552 5.3.4 Message too big\r\n250 2.0.0 Ok\r\n", 41) == 0);
+	smtp_server_free(s);
+	free(buf);
+}
+
 /* RFC 3461 xtext, which the server checks ENVID and ORCPT with (core/address.c). */
 static void
 test_xtext_decode(void)
@@ -603,6 +680,8 @@ main(void)
 	test_envelope();
 	test_rcpt_growth();
 	test_close_while_waiting();
+	test_bdat_syntax();
+	test_bdat_huge();
 	test_xtext_decode();
 	test_xtext_encode();
 	test_atom();
