@@ -3,6 +3,7 @@ that the server cannot keep; what was acknowledged survives a restart."""
 import re
 import smtplib
 import subprocess
+import threading
 
 import pytest
 
@@ -53,6 +54,41 @@ def test_disk_full_gives_452_and_keeps_acknowledged_mail(ringmx_factory, small_f
 
     queued = {m["id"] for m in server.queue()}
     assert queued == set(acked)
+    server.kill9()
+    server.start()
+    assert {m["id"] for m in server.queue()} == set(acked)
+
+
+def test_disk_full_with_concurrent_sessions_keeps_exactly_the_acknowledged(ringmx_factory,
+                                                                          small_fs):
+    """Many sessions finish messages while a journal batch is in flight when the disk
+    fills: those of the failed batch and those queued behind it are refused, every 250
+    survives a restart and nothing refused comes back."""
+    server = ringmx_factory(spool_dir=str(small_fs / "spool"), workers=1,
+                            queue={"segment_size": "64K"})
+    acked, codes, lock = [], [], threading.Lock()
+
+    def client():
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as s:
+            for _ in range(20):
+                code, text = send_one(s, 20000)
+                with lock:
+                    codes.append(code)
+                    if code == 250:
+                        acked.append(re.search(rb"queued as ([0-9A-F]{16})", text)
+                                     .group(1).decode())
+                if code != 250:
+                    s.rset()
+
+    threads = [threading.Thread(target=client) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert acked and 452 in codes, codes
+    assert set(codes) <= {250, 452}, codes
+    assert {m["id"] for m in server.queue()} == set(acked)
     server.kill9()
     server.start()
     assert {m["id"] for m in server.queue()} == set(acked)
