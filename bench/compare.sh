@@ -125,7 +125,7 @@ ringmx_run() {	# label, then the load command (its last arg is the server addres
         kill "$RMX_PID" "$sink" 2>/dev/null; return 0
     fi
     t1=$EPOCHREALTIME
-    timeout "$TIMEOUT" tail --pid="$sink" -f /dev/null
+    timeout "$TIMEOUT" tail --pid="$sink" -s 0.01 -f /dev/null  # -s: tail polls once a second by default
     t2=$EPOCHREALTIME
     LAST_ACCEPT=$(rate "$N" "$t0" "$t1"); LAST_RELAY=$(rate "$N" "$t0" "$t2")
     row "$label -> ringmx (accept)" "$LAST_ACCEPT" "-"
