@@ -106,6 +106,7 @@ struct conn {
 #define OUT_ADDRS_MAX          16          /* addresses tried per connection */
 #define OUT_IOV_MAX            64          /* iovecs in one send */
 #define OUT_TXN_WINDOW         16          /* BDAT transactions in flight per connection */
+#define OUT_RETURNS_MAX        2           /* a job goes back this often after failed sessions */
 #define OUT_STASH_MAX          (64 * 1024) /* reply bytes held while our output is pending */
 #define OUT_CONNECT_TIMEOUT_MS 30000
 #define OUT_IDLE_MS            2000       /* an idle connection waits this long for more work */
@@ -155,6 +156,7 @@ struct oconn {
 	/* transactions in flight, a ring in the order they were sent */
 	struct out_txn txns[OUT_TXN_WINDOW];
 	unsigned txn_head, txn_count;
+	struct sched_job *held; /* jobs of a failed session, sent first at the next address */
 
 	struct iovec iov[OUT_IOV_MAX];
 	struct msghdr mh;

@@ -81,6 +81,11 @@ out_free(struct worker *w)
 		smtp_client_free(oc->smtp);
 		for (unsigned k = 0; k < OUT_TXN_WINDOW; k++)
 			out_txn_free(&oc->txns[k]);
+		while (oc->held != NULL) {
+			struct sched_job *job = oc->held;
+			oc->held = job->next;
+			free(job);
+		}
 		free(oc->stash);
 	}
 	sched_free(w->sched);
@@ -604,7 +609,7 @@ static void
 oconn_release(struct worker *w, struct oconn *oc)
 {
 	assert(oc->inflight == 0);
-	assert(oc->txn_count == 0);
+	assert(oc->txn_count == 0 && oc->held == NULL);
 	smtp_client_free(oc->smtp);
 	for (unsigned k = 0; k < OUT_TXN_WINDOW; k++)
 		out_txn_free(&oc->txns[k]);
@@ -645,6 +650,11 @@ oconn_close(struct worker *w, struct oconn *oc, const char *text)
 		out_fail_job(w, t->job, 451, text, oc->peer_text);
 		t->job = NULL;
 		oc->txn_head = (oc->txn_head + 1) % OUT_TXN_WINDOW;
+	}
+	while (oc->held != NULL) {
+		struct sched_job *job = oc->held;
+		oc->held = job->next;
+		out_fail_job(w, job, 451, text, oc->peer_text);
 	}
 	if (oc->fd >= 0) {
 		shutdown(oc->fd, SHUT_RDWR);
@@ -962,7 +972,10 @@ out_conn_failed(struct worker *w, struct oconn *oc, const char *why)
 static void
 out_feed(struct worker *w, struct oconn *oc, const uint8_t *in, size_t len)
 {
-	while (len > 0 && !oc->closing) {
+	uint32_t gen = oc->gen;
+
+	/* an event may move the connection to its next address: the rest was the old peer's */
+	while (len > 0 && !oc->closing && oc->gen == gen) {
 		struct smtp_client_event ev;
 		if (smtp_client_input_blocked(oc->smtp)) {
 			/* replies wait until what they answer has been sent */
@@ -1158,6 +1171,41 @@ out_head_done(struct worker *w, struct oconn *oc, const struct smtp_client_event
 	out_txn_done(w, oc, t, ev->results, ev->rcpt_count);
 }
 
+/*
+ * A session that failed temporarily (421, lost, timed out) with transactions in flight:
+ * while the connection has another address (the next MX), it keeps their jobs and moves
+ * on to it in this same attempt, where they go first. False when there is nowhere to go:
+ * the caller defers them.
+ */
+static bool
+out_fallback(struct worker *w, struct oconn *oc, const char *why)
+{
+	struct sched_dest *d = oc->dest;
+
+	if (!oc->session_ok || why[0] != '4' || w->stopping || oc->addr_next >= oc->addr_count)
+		return false;
+	for (unsigned k = oc->txn_count; k-- > 0;) { /* newest first onto the list: order kept */
+		struct out_txn *t = &oc->txns[(oc->txn_head + k) % OUT_TXN_WINDOW];
+		t->job->next = oc->held;
+		oc->held = t->job;
+		t->job = NULL;
+		free(t->body);
+		t->body = NULL;
+	}
+	oc->txn_count = 0;
+	struct log_line *l = log_begin(CONFIG_LOG_WARNING, NULL, "next-address");
+	log_str(l, "dest", d->route.key);
+	log_str(l, "addr", oc->peer_text);
+	log_str(l, "reason", why);
+	log_end(l);
+	/* a fresh connection again: it counts as opening until its session is ready */
+	oc->session_ok = false;
+	oc->messages = 0;
+	d->opening++;
+	out_conn_failed(w, oc, why);
+	return true;
+}
+
 /* A failed session: every transaction in flight gets its results, then the connection closes. */
 static void
 out_session_failed(struct worker *w, struct oconn *oc, const struct smtp_client_event *ev)
@@ -1168,6 +1216,8 @@ out_session_failed(struct worker *w, struct oconn *oc, const struct smtp_client_
 		out_conn_failed(w, oc, why);
 		return;
 	}
+	if (oc->txn_count > 0 && out_fallback(w, oc, why))
+		return;
 	if (oc->txn_count > 0 && ev->results != NULL) {
 		struct smtp_client_event more = *ev;
 		do {
@@ -1329,8 +1379,10 @@ out_next(struct worker *w, struct oconn *oc)
 
 	while (oc->messages + oc->txn_count < max && !w->stopping &&
 	       smtp_client_can_send(oc->smtp)) {
-		struct sched_job *job = sched_job_take(d);
-		if (job == NULL)
+		struct sched_job *job = oc->held;
+		if (job != NULL)
+			oc->held = job->next;
+		else if ((job = sched_job_take(d)) == NULL)
 			break;
 		out_start(w, oc, job);
 	}
@@ -1386,8 +1438,9 @@ out_expire_conn(struct worker *w, struct oconn *oc)
 		out_quit(w, oc); /* idle for OUT_IDLE_MS */
 	} else {
 		smtp_client_abort(oc->smtp, SMTP_CLIENT_ABORT_TIMEOUT, &ev);
-		out_event(w, oc, &ev);
-		if (!oc->closing)
+		if (ev.type != SMTP_CLIENT_EV_NONE)
+			out_event(w, oc, &ev); /* closes, or moves on to the next address */
+		else
 			oconn_close(w, oc, "451 4.4.2 timed out");
 	}
 }

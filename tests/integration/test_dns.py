@@ -20,7 +20,7 @@ import uuid
 import pytest
 
 from conftest import REPO, RawSmtp, binary, port_free, wait_until
-from sinks import Sink, _Handler, _Server
+from sinks import CLOSE, Sink, _Handler, _Server
 from test_bounce import parse_dsn
 from test_outbound import outcome_lines, send
 
@@ -255,6 +255,29 @@ def test_mx_fallback_after_a_refusing_greeting(ringmx_factory, dns_fixture, loop
         assert greeter.greeted >= 1, "mxa was never tried"
     finally:
         greeter.stop()
+
+
+@pytest.mark.parametrize("fault", ["close", "421"])
+def test_session_failure_moves_to_the_next_mx_in_the_same_attempt(ringmx_factory, dns_fixture,
+                                                                  loop_sink, fault):
+    """mxa drops the connection (or says 421) in the middle of the transactions: they go on
+    to mxb at once, not to the retry schedule."""
+    def data(txn):
+        return CLOSE if fault == "close" else "421 4.3.2 mxa is going down"
+
+    with Sink(port=loop_sink.port, data_policy=data, extensions=("PIPELINING", "CHUNKING")) \
+            as mxa:
+        server = mx_server(ringmx_factory, dns_fixture, loop_sink.port)
+        qids = [send(server, BODY, sender="a@client.example", rcpts=[f"u{i}@loop.mx.test"])
+                for i in range(5)]
+        loop_sink.wait_accepted(5)
+        wait_until(lambda: server.queue() == [], 10, "an empty queue")
+        for qid in qids:
+            (line,) = outcome_lines(server, qid, "delivered")
+            assert "relay=mxb.loop.mx.test" in line and "attempt=1" in line, line
+            assert outcome_lines(server, qid, "deferred") == []
+        assert mxa.messages, "mxa was never tried"
+        assert "next-address" in server.logtext()
 
 
 def test_implicit_mx_delivers(ringmx_factory, dns_fixture, loop_sink):

@@ -133,3 +133,25 @@ def test_connection_lost_with_transactions_in_flight(ringmx_factory):
         # a message acknowledged before the close is never sent twice
         for i in range(4):
             assert len([m for m in sink.accepted() if m.rcpts == [f"r{i}@example.test"]]) == 1
+
+
+def test_ringmx_to_ringmx_over_bdat(ringmx_factory):
+    """Two ringmx in a row: the second offers CHUNKING and PIPELINING, so the first sends it
+    pipelined BDAT transactions on one connection; every message arrives unchanged."""
+    with Sink() as sink:
+        second = ringmx_factory(sub="second", routes={"*": sink.route}, queue=LATER,
+                                relay_domains=["example.test"])
+        first = ringmx_factory(sub="first", routes={"*": f"[127.0.0.1]:{second.port}"},
+                               queue=LATER, outbound=ONE_CONN, workers=1)
+        bodies = {f"r{i}@example.test": f"Subject: chain {i}\r\n\r\n.{i}\r\n".encode()
+                  for i in range(30)}
+        for rcpt, body in bodies.items():
+            send(first, body, rcpts=[rcpt])
+        got = sink.wait_accepted(30, timeout=20)
+        wait_empty(first)
+        wait_empty(second)
+        for m in got:
+            _, rest = strip_received(m.data)
+            _, rest = strip_received(rest)  # the first ringmx's Received: header
+            assert rest == bodies[m.rcpts[0]]
+        assert second.stats()["messages_accepted"] == 30
