@@ -5,6 +5,8 @@
 # Env (all optional): N=20000 messages, SIZE=1024 body bytes (smtp-source -l; ringmx-bench
 # gets --size SIZE+150 so its whole message is no smaller), SESSIONS=50 connections,
 # RINGMX_BUILD=build (where ringmx-bench and ringmx are), SKIP_POSTFIX_RELAY=1, TIMEOUT=600.
+# Postfix and ringmx each run under both loads (ringmx-bench send and smtp-source); ratios
+# compare them under the same load.
 # Needs root for the Postfix relay part (postfix-relay.sh starts a private Postfix).
 set -euo pipefail
 
@@ -74,17 +76,21 @@ ceiling_postfix() {
     if [[ -z ${R_PF:-} ]] || (( r > R_PF )); then R_PF=$r; C_PF=$c; fi
 }
 
-# (2) Postfix relay, by the peer script (needs root)
+# (2) Postfix relay, by the peer script (needs root). LOAD=bench drives it with ringmx-bench
+# send (through smtp-source-shim.sh), the load ringmx gets in (3); else with smtp-source.
 postfix_relay() {
+    local load=$1 label=smtp-source src=() pa pr
     if [[ ${SKIP_POSTFIX_RELAY:-0} == 1 || $(id -u) != 0 ]]; then
         row "postfix relay (skipped: SKIP_POSTFIX_RELAY or not root)" "-" "-"; return 0; fi
-    if ! N=$N SIZE=$SIZE SESSIONS=$SESSIONS MTA_PORT=$(free_port) SINK_PORT=$(free_port) \
-        TIMEOUT=$TIMEOUT "$PEER/postfix-relay.sh" >"$WORK/pf.out" 2>"$WORK/pf.err"; then
-        tail -5 "$WORK/pf.err" >&2; row "postfix relay (failed, see above)" "-" "-"; return 0; fi
-    R_PA=$(sed -n 's/^postfix-accept msgs_per_s=\([0-9.]*\).*/\1/p' "$WORK/pf.out")
-    R_PR=$(sed -n 's/^postfix-relay msgs_per_s=\([0-9.]*\).*/\1/p' "$WORK/pf.out")
-    row "smtp-source -> postfix (accept)" "$R_PA" "-"
-    row "smtp-source -> postfix -> smtp-sink (relay)" "$R_PR" "-"
+    [[ $load == bench ]] && { label="ringmx-bench send"; src=(SMTP_SOURCE="$ROOT/bench/smtp-source-shim.sh" BENCH="$BENCH"); }
+    if ! env "${src[@]}" N=$N SIZE=$SIZE SESSIONS=$SESSIONS MTA_PORT=$(free_port) \
+        SINK_PORT=$(free_port) TIMEOUT=$TIMEOUT "$PEER/postfix-relay.sh" >"$WORK/pf.out" 2>"$WORK/pf.err"; then
+        tail -5 "$WORK/pf.err" >&2; row "postfix relay, $label load (failed, see above)" "-" "-"; return 0; fi
+    pa=$(sed -n 's/^postfix-accept msgs_per_s=\([0-9.]*\).*/\1/p' "$WORK/pf.out")
+    pr=$(sed -n 's/^postfix-relay msgs_per_s=\([0-9.]*\).*/\1/p' "$WORK/pf.out")
+    row "$label -> postfix (accept)" "$pa" "-"
+    row "$label -> postfix -> smtp-sink (relay)" "$pr" "-"
+    if [[ $load == bench ]]; then R_PBA=$pa R_PBR=$pr; else R_PA=$pa R_PR=$pr; fi
 }
 
 # (3) ringmx: the same load -> ringmx -> ringmx-bench sink. Accept rate (until the load
@@ -151,7 +157,8 @@ ceiling_ringmx
 ceiling_ringmx --bdat
 ceiling_postfix 0
 ceiling_postfix 1
-postfix_relay
+postfix_relay source
+postfix_relay bench
 ringmx_compare
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a == "" || b == "" || b == 0) print "-"; else printf "%.2f", a/b }'; }
@@ -163,8 +170,8 @@ STAMP=$(date -u +%Y-%m-%dT%H%MZ)
     printf '%-46s %10s %8s\n' "path" "msgs/s" "cpu_s"
     printf '%s\n' "${ROWS[@]}"
     echo "ratio ringmx-bench/smtp-source (best mode), rate: $(ratio "$R_RB" "$R_PF")  cpu: $(ratio "$C_RB" "$C_PF")"
-    echo "ratio ringmx accept / postfix accept: $(ratio "${R_RA:-}" "${R_PA:-}") (ringmx-bench load), $(ratio "${R_RS:-}" "${R_PA:-}") (smtp-source load)"
-    echo "ratio ringmx relay / postfix relay: $(ratio "${R_RR:-}" "${R_PR:-}") (ringmx-bench load), $(ratio "${R_RSR:-}" "${R_PR:-}") (smtp-source load)"
+    echo "ratio ringmx accept / postfix accept, same load: $(ratio "${R_RA:-}" "${R_PBA:-}") (ringmx-bench), $(ratio "${R_RS:-}" "${R_PA:-}") (smtp-source)"
+    echo "ratio ringmx relay / postfix relay, same load: $(ratio "${R_RR:-}" "${R_PBR:-}") (ringmx-bench), $(ratio "${R_RSR:-}" "${R_PR:-}") (smtp-source)"
     echo "ratio ringmx relay / ceiling (ringmx-bench send -> sink): $(ratio "${R_RR:-}" "${R_RB:-}")"
     echo "ratio ringmx relay / ceiling with --bdat: $(ratio "${R_RR:-}" "${R_RBB:-}")"
 } | tee "$WORK/table"
