@@ -1,8 +1,6 @@
 """ringmx-bench send and sink, driven as real processes (issue 3)."""
 import json
 import os
-import shutil
-import signal
 import socket
 import subprocess
 import threading

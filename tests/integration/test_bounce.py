@@ -5,8 +5,6 @@ import email
 import email.policy
 import threading
 
-import pytest
-
 from conftest import wait_until
 from sinks import Sink
 from test_outbound import outcome_lines, relay_to, send, wait_empty

@@ -3,7 +3,7 @@
 still read, and durable once the final 250 is out."""
 from conftest import RawSmtp, free_port, show_message, smtp_client
 from sinks import Sink
-from test_outbound import SHORT_QUEUE, relay_to
+from test_outbound import SHORT_QUEUE, relay_to, split_received
 from test_smtp import queued_id
 
 # Everything DATA would treat specially: dots, an end-of-data line, commands, 8-bit.
@@ -36,15 +36,6 @@ def chunks(body, sizes):
 
 def replies(raw, n):
     return [raw.reply() for _ in range(n)]
-
-
-def split_received(data):
-    """(our Received: header, the rest) of a message as the sink got it."""
-    received, rest = data.split(b"\r\n", 1)
-    while rest[:1] in (b" ", b"\t"):
-        more, rest = rest.split(b"\r\n", 1)
-        received += b"\r\n" + more
-    return received, rest
 
 
 def test_ehlo_advertises_chunking(ringmx):

@@ -2,8 +2,6 @@
 import signal
 import time
 
-import pytest
-
 from conftest import RawSmtp, wait_until
 from test_smtp import queued_id
 

@@ -6,20 +6,11 @@ import threading
 
 from conftest import wait_until
 from sinks import CLOSE, Sink
-from test_outbound import BODY, outcome_lines, relay_to, send, wait_empty
+from test_outbound import BODY, outcome_lines, relay_to, send, split_received, wait_empty
 
 CHUNKING = ("PIPELINING", "8BITMIME", "SIZE 100000000", "ENHANCEDSTATUSCODES", "CHUNKING")
 ONE_CONN = {"max_connections_per_destination": 1, "max_messages_per_connection": 1000}
 LATER = {"retry": ["1h"], "max_lifetime": "1d"}
-
-
-def strip_received(data):
-    """The message after our Received: header (and its folded lines)."""
-    received, rest = data.split(b"\r\n", 1)
-    while rest[:1] in (b" ", b"\t"):
-        more, rest = rest.split(b"\r\n", 1)
-        received += b"\r\n" + more
-    return received, rest
 
 
 def test_bdat_message_arrives_exactly_unstuffed(ringmx_factory):
@@ -30,7 +21,7 @@ def test_bdat_message_arrives_exactly_unstuffed(ringmx_factory):
         wait_empty(server)
         assert msg.verb == "BDAT"
         assert msg.rcpts == ["one@example.test", "two@other.example"]
-        received, rest = strip_received(msg.data)
+        received, rest = split_received(msg.data)
         assert f"id {qid}".encode() in received
         assert rest == BODY  # byte for byte, the dot lines not stuffed
         assert b"\r\n.\r\n" in msg.wire and b"\r\n..leading" not in msg.wire
@@ -43,7 +34,7 @@ def test_data_when_chunking_is_not_offered(ringmx_factory):
         send(server, BODY)
         (msg,) = sink.wait_accepted(1)
         assert msg.verb == "DATA" and "BDAT" not in sink.verbs
-        assert strip_received(msg.data)[1] == BODY
+        assert split_received(msg.data)[1] == BODY
 
 
 def queue_then_flush(factory, sink, gate, n, **overrides):
@@ -151,7 +142,7 @@ def test_ringmx_to_ringmx_over_bdat(ringmx_factory):
         wait_empty(first)
         wait_empty(second)
         for m in got:
-            _, rest = strip_received(m.data)
-            _, rest = strip_received(rest)  # the first ringmx's Received: header
+            _, rest = split_received(m.data)
+            _, rest = split_received(rest)  # the first ringmx's Received: header
             assert rest == bodies[m.rcpts[0]]
         assert second.stats()["messages_accepted"] == 30

@@ -1,6 +1,5 @@
 """Inbound SMTP end to end: envelope and bytes as queued, ESMTP extensions, smuggling, errors."""
 import re
-import smtplib
 import subprocess
 import threading
 
