@@ -849,6 +849,35 @@ smtp_server_data_end(struct smtp_server *s, struct smtp_event *ev)
 	return SMTP_EV_MESSAGE;
 }
 
+/*
+ * The longest run of in, from inside a line, that is stored as it is: lines ended by
+ * CRLF, none of them (in DATA) starting with '.'. It stops before a bare CR or LF, a CR
+ * that may be the last octet of the input, and after a CRLF followed by '.' or by the
+ * end of the input (*line_start is then set: the next octet starts a DATA line).
+ */
+static size_t
+smtp_server_body_run(const uint8_t *in, size_t len, bool chunked, bool *line_start)
+{
+	size_t i = 0;
+
+	*line_start = false;
+	for (;;) {
+		const uint8_t *lf = memchr(in + i, '\n', len - i);
+		size_t stop = lf != NULL ? (size_t)(lf - in) : len;
+		const uint8_t *cr = memchr(in + i, '\r', stop - i);
+
+		if (cr != NULL && (lf == NULL || (size_t)(cr - in) + 1 != stop))
+			return (size_t)(cr - in); /* bare, or waiting for its LF */
+		if (cr == NULL)
+			return stop; /* the end of the input, or a bare LF */
+		i = stop + 1;
+		if (!chunked && (i == len || in[i] == '.')) {
+			*line_start = true;
+			return i;
+		}
+	}
+}
+
 /* Runs content through the line-end rules; returns the octets used, *end after DATA's end. */
 static size_t
 smtp_server_body_scan(struct smtp_server *s, const uint8_t *in, size_t len, bool *end)
@@ -858,12 +887,14 @@ smtp_server_body_scan(struct smtp_server *s, const uint8_t *in, size_t len, bool
 	*end = false;
 	while (i < len) {
 		if (s->body_state == BODY_TEXT) {
-			size_t run = i;
+			bool line_start;
+			size_t run =
+			    smtp_server_body_run(in + i, len - i, s->body_chunked, &line_start);
 
-			while (run < len && in[run] != '\r' && in[run] != '\n')
-				run++;
-			smtp_server_body_put(s, in + i, run - i);
-			i = run;
+			smtp_server_body_put(s, in + i, run);
+			i += run;
+			if (line_start)
+				s->body_state = BODY_LINE_START;
 			if (i == len)
 				break;
 		}
