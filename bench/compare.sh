@@ -33,8 +33,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 log() { echo "compare.sh: $*" >&2; }
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_listen() { local i; for ((i = 0; i < 200; i++)); do [[ -n $(ss -Hltn "( sport = :$1 )") ]] && return 0; sleep 0.05; done; return 1; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 rate() { awk -v n="$1" -v a="$2" -v b="$3" 'BEGIN{printf "%.0f", n/(b-a)}'; }
 cpu() { awk '{s+=$1+$2} END{printf "%.2f", s}' "$@"; }   # files of "%U %S"
 timed() { local out=$1; shift; /usr/bin/time -f "%U %S" -o "$out" "$@"; }
@@ -96,19 +96,8 @@ postfix_relay() {
 # (3) ringmx: the same load -> ringmx -> ringmx-bench sink. Accept rate (until the load
 # generator is done) and relay rate (until the sink has every message), like postfix-relay.sh.
 ringmx_start() {	# port sink_port
-    mkdir -p "$WORK/rmx/spool"
-    cat >"$WORK/rmx/ringmx.yaml" <<YAML
-hostname: bench.test
-workers: 0
-spool_dir: $WORK/rmx/spool
-control_socket: $WORK/rmx/ctl.sock
-log: { level: warning }
-listen: [ { address: "127.0.0.1:$1", role: mx, tls: none, auth: "off" } ]
-relay_domains: [ example.test ]
-mynetworks: [ 127.0.0.0/8 ]
-routes: { "*": "[127.0.0.1]:$2" }
-queue: { sync: always }
-YAML
+    ringmx_config "$WORK/rmx" "$1" "[127.0.0.1]:$2" "workers: 0" "log: { level: warning }" \
+        "queue: { sync: always }"
     "$RMX" -c "$WORK/rmx/ringmx.yaml" >>"$WORK/rmx/log" 2>&1 &
     RMX_PID=$!; PIDS+=("$RMX_PID")
     wait_listen "$1" && kill -0 "$RMX_PID" 2>/dev/null

@@ -15,22 +15,11 @@ RMX=${RMX:-$B/ringmx}
 N=${N:-50000} SIZE=${SIZE:-1174} C=${C:-50} SYNC=${SYNC:-always} WORKERS=${WORKERS:-0}
 W=$(mktemp -d /tmp/ringmx-relay.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_listen() { local i; for ((i = 0; i < 200; i++)); do [[ -n $(ss -Hltn "( sport = :$1 )") ]] && return 0; sleep 0.05; done; return 1; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 P=$(free_port) S=$(free_port)
-mkdir -p "$W/spool"
-cat >"$W/ringmx.yaml" <<YAML
-hostname: bench.test
-workers: $WORKERS
-spool_dir: $W/spool
-control_socket: $W/ctl.sock
-log: { level: warning }
-listen: [ { address: "127.0.0.1:$P", role: mx, tls: none, auth: "off" } ]
-relay_domains: [ example.test ]
-mynetworks: [ 127.0.0.0/8 ]
-routes: { "*": "[127.0.0.1]:$S" }
-queue: { sync: $SYNC }
-YAML
+ringmx_config "$W" "$P" "[127.0.0.1]:$S" "workers: $WORKERS" "log: { level: warning }" \
+    "queue: { sync: $SYNC }"
 # shellcheck disable=SC2086
 /usr/bin/time -f "sink %U %S" -o "$W/sink.cpu" "$B/ringmx-bench" sink --listen "127.0.0.1:$S" \
     --expect "$N" ${SINKARGS:-} >"$W/sink.out" 2>&1 &

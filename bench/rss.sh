@@ -10,19 +10,11 @@ WORK=$(mktemp -d /tmp/ringmx-rss.XXXXXX)
 PID=""
 cleanup() { [[ -n $PID ]] && kill "$PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
-port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat >"$WORK/ringmx.yaml" <<YAML
-hostname: rss.test
-workers: 0
-spool_dir: $WORK/spool
-control_socket: $WORK/ctl.sock
-log: { level: error }
-listen: [ { address: "127.0.0.1:$port", role: mx, tls: none, auth: "off" } ]
-relay_domains: [ example.test ]
-mynetworks: [ 127.0.0.0/8 ]
-routes: { "*": "[127.0.0.1]:9" }
-queue: { retry: [ 1h ] }
-YAML
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+port=$(free_port)
+ringmx_config "$WORK" "$port" "[127.0.0.1]:9" "workers: 0" "log: { level: error }" \
+    "queue: { retry: [ 1h ] }"
 "$BUILD/ringmx" -c "$WORK/ringmx.yaml" 2>"$WORK/log" &
 PID=$!
 for _ in $(seq 100); do [[ -S $WORK/ctl.sock ]] && break; sleep 0.1; done
