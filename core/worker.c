@@ -396,10 +396,21 @@ worker_queue_moved(struct worker *w, struct queue_message *m, const struct journ
 	}
 }
 
+static bool
+worker_moving(const struct worker *w, uint64_t id)
+{
+	for (unsigned i = 0; i < w->move_count; i++) {
+		if (w->moves[i].id == id)
+			return true;
+	}
+	return false;
+}
+
 /*
  * Long-lived messages (deferred for hours) would pin every later segment: those
  * left in the oldest segment, once it lags COMPACT_LAG_SEGMENTS behind, are
- * written again at the head, a few per tick.
+ * written again at the head, a few per tick. They move there when that batch is
+ * durable (worker_moves_settle): the old segment must not go before.
  */
 static void
 worker_compact(struct worker *w)
@@ -411,13 +422,38 @@ worker_compact(struct worker *w)
 	    worker_seg_live(w, oldest) == 0)
 		return;
 	for (struct queue_message *m = queue_next(w->queue, NULL);
-	     m != NULL && done < COMPACT_BATCH; m = queue_next(w->queue, m)) {
-		if (m->loc.segment != oldest)
+	     m != NULL && done < COMPACT_BATCH && w->move_count < COMPACT_MOVES_MAX;
+	     m = queue_next(w->queue, m)) {
+		if (m->loc.segment != oldest || worker_moving(w, m->id))
 			continue;
-		if (out_rewrite(w, m) != 0)
+		if (out_rewrite(w, m, &w->moves[w->move_count]) != 0)
 			return; /* the batch is full: next tick */
+		w->move_count++;
 		done++;
 	}
+}
+
+/*
+ * The journal made batches up to durable safe (ok), or lost the batch in flight and
+ * every record after it (!ok): rewritten messages move to their new copies, or stay
+ * where they were, to be rewritten again later.
+ */
+static void
+worker_moves_settle(struct worker *w, uint64_t durable, bool ok)
+{
+	unsigned keep = 0;
+
+	for (unsigned i = 0; i < w->move_count; i++) {
+		struct compact_move *mv = &w->moves[i];
+		if (ok && mv->batch > durable) {
+			w->moves[keep++] = *mv;
+			continue;
+		}
+		struct queue_message *m = ok ? queue_find(w->queue, mv->id) : NULL;
+		if (m != NULL && m->loc.segment < mv->loc.segment)
+			worker_queue_moved(w, m, &mv->loc);
+	}
+	w->move_count = keep;
 }
 
 /*
@@ -661,6 +697,7 @@ worker_journal_failed(struct worker *w, int r, int res)
 	log_msg(CONFIG_LOG_ERROR, "journal: %s; refusing the messages waiting for it",
 	        strerror(res < 0 ? -res : EIO));
 	worker_answer_waiters(w, 0, r);
+	worker_moves_settle(w, 0, false);
 }
 
 static void
@@ -671,10 +708,12 @@ worker_journal_done(struct worker *w, int res)
 	w->jw_busy = false;
 	if (w->jw.sync)
 		w->stats.journal_syncs++;
-	if (r != 0)
+	if (r != 0) {
 		worker_journal_failed(w, r, res);
-	else
+	} else {
 		worker_answer_waiters(w, w->jw.batch, 0);
+		worker_moves_settle(w, w->jw.batch, true);
+	}
 }
 
 /* Writes what is left of the batch, then (linked) syncs it. */

@@ -114,6 +114,7 @@ struct conn {
 #define QUEUE_IN_FLIGHT        UINT64_MAX /* next_attempt_ms of a recipient in a job */
 #define COMPACT_LAG_SEGMENTS   4          /* messages this many segments behind are rewritten, */
 #define COMPACT_BATCH          64         /* this many per tick */
+#define COMPACT_MOVES_MAX      (2 * COMPACT_BATCH) /* rewrites waiting for their sync */
 
 /* A recipient's DSN requests, passed on as received (RFC 3461). */
 struct out_rcpt_dsn {
@@ -131,6 +132,13 @@ struct out_txn {
 	char body_type[16];
 	char envid[SMTP_CLIENT_ENVID_MAX + 1];
 	uint8_t *body; /* the body read back from the journal, when evicted */
+};
+
+/* A message written again at the head: it lives there once that batch is durable. */
+struct compact_move {
+	uint64_t id;
+	uint64_t batch;
+	struct journal_loc loc;
 };
 
 struct oconn {
@@ -193,6 +201,8 @@ struct worker {
 	bool jw_busy;
 	int jw_error;
 	size_t jw_written;
+	struct compact_move moves[COMPACT_MOVES_MAX];
+	unsigned move_count;
 	uint8_t *record_scratch;
 	uint8_t *body_scratch;
 	size_t body_scratch_cap;
@@ -261,7 +271,7 @@ void out_dns_pump(struct worker *w);
 void out_resolve(struct worker *w, struct control_request *r);
 int out_delete(struct worker *w, struct queue_message *m);
 void out_hold(struct worker *w, struct queue_message *m, bool held);
-int out_rewrite(struct worker *w, struct queue_message *m);
+int out_rewrite(struct worker *w, struct queue_message *m, struct compact_move *mv);
 void out_flush_queue(struct worker *w);
 
 static inline uint64_t

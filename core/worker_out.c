@@ -1497,12 +1497,13 @@ out_idle(const struct worker *w)
 
 /*
  * Writes the message again at the journal's head, with the state of each recipient
- * and its hold, so that the old segment it lived in can be deleted. On replay a
- * copy of a message already known is ignored, and the records after it restore the
- * same state. Returns 0, or a negative error (the message stays where it was).
+ * and its hold, so that the old segment it lived in can be deleted once *mv (where
+ * and in which batch) is durable: until then the old copy is the one that counts. On
+ * replay a copy of a message already known is ignored, and the records after it
+ * restore the same state. Returns 0, or a negative error (nothing was appended).
  */
 int
-out_rewrite(struct worker *w, struct queue_message *m)
+out_rewrite(struct worker *w, struct queue_message *m, struct compact_move *mv)
 {
 	uint8_t *owned;
 	const uint8_t *body = out_body(w, m, &owned);
@@ -1533,11 +1534,12 @@ out_rewrite(struct worker *w, struct queue_message *m)
 	};
 	int n = queue_record_encode(m->id, &qe, body, m->body_len, w->record_scratch,
 	                            RECORD_SCRATCH, iov);
-	r = n < 0 ? n
-	          : (int)journal_append(w->journal, JOURNAL_REC_MESSAGE, iov, (unsigned)n, &loc);
+	int64_t batch =
+	    n < 0 ? n : journal_append(w->journal, JOURNAL_REC_MESSAGE, iov, (unsigned)n, &loc);
+	r = batch < 0 ? (int)batch : 0;
 	if (r < 0)
 		goto out;
-	worker_queue_moved(w, m, &loc);
+	*mv = (struct compact_move){.id = m->id, .batch = (uint64_t)batch, .loc = loc};
 	for (unsigned i = 0; i < m->rcpt_count; i++) {
 		const struct queue_rcpt *rc = &m->rcpts[i];
 		static const enum journal_rec_type types[] = {

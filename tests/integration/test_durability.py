@@ -5,7 +5,8 @@ import random
 import struct
 import threading
 
-from conftest import show_message, smtp_client
+from conftest import show_message, smtp_client, wait_until
+from sinks import Sink
 from test_smtp import queued_id
 
 REC_MAGIC = b"RMXR"
@@ -51,6 +52,16 @@ def record_offsets(path, rec_type=None):
             out.append((off, length))
         off += (REC_HEADER_LEN + length + 7) // 8 * 8
     return out
+
+
+def write_torn(path, data):
+    """Writes data where the next batch would have gone: right after the last record, over
+    the zeros the journal writes ahead of small batches."""
+    records = record_offsets(path)
+    off, length = records[-1] if records else (SEG_HEADER_LEN - REC_HEADER_LEN, 0)
+    with open(path, "r+b") as f:
+        f.seek(off + (REC_HEADER_LEN + length + 7) // 8 * 8)
+        f.write(data)
 
 
 def test_kill9_right_after_250(ringmx_factory):
@@ -117,8 +128,7 @@ def test_torn_tail_cut_and_messages_kept(ringmx_factory):
     server.stop()
     ((wdir, segs),) = segments(server).items()
     garbage = bytes(random.Random(7).randrange(256) for _ in range(77))
-    with open(segs[-1], "ab") as f:
-        f.write(garbage)
+    write_torn(segs[-1], garbage)
 
     server.start()
     assert f"torn tail cut: {len(garbage)} bytes" in server.logtext()
@@ -144,8 +154,7 @@ def test_torn_partial_record_cut(ringmx_factory):
     data = open(segs[-1], "rb").read()
     off, length = record_offsets(segs[-1])[-1]
     partial = data[off:off + REC_HEADER_LEN + length // 2]
-    with open(segs[-1], "ab") as f:
-        f.write(partial)
+    write_torn(segs[-1], partial)
 
     server.start()
     assert f"torn tail cut: {len(partial)} bytes" in server.logtext()
@@ -198,3 +207,35 @@ def test_sync_none_warns_at_start(ringmx_factory):
 
 def test_sync_always_is_silent(ringmx):
     assert "queue.sync" not in ringmx.logtext()
+
+
+def test_segments_deleted_and_a_deferred_message_compacted_forward(ringmx_factory):
+    """Segments of delivered mail are deleted; a message deferred for long is written again
+    at the head, so its old segment goes too, and after kill -9 it is still queued."""
+    with Sink() as sink:
+        server = ringmx_factory(workers=1, routes={"stuck.test": "[127.0.0.1]:9",
+                                                   "*": sink.route},
+                                queue={"segment_size": "64K", "retry": ["1h"],
+                                       "max_lifetime": "1d"})
+        stuck, body = send(server, 1, rcpt="u@stuck.test")
+        wait_until(lambda: "refused" in str(server.queue()[0]["recipients"][0]).lower(), 10,
+                   "the deferral")
+        bulk = b"Subject: bulk\r\n\r\n" + (b"y" * 76 + b"\r\n") * 26
+        with smtp_client(server) as s:
+            s.ehlo("client.example")
+            for i in range(300):
+                s.sendmail("a@client.example", [f"r{i}@example.test"], bulk)
+        sink.wait_accepted(300, timeout=30)
+        (seg_dir,) = segments(server)
+        wait_until(lambda: [m["id"] for m in server.queue()] == [stuck], 15, "the bulk gone")
+        # a message lagging COMPACT_LAG_SEGMENTS (4) behind the head is written forward
+        wait_until(lambda: len(segments(server)[seg_dir]) <= 5, 15, "old segments deleted")
+        left = segments(server)[seg_dir]
+        assert int(os.path.basename(left[-1])[4:20], 16) >= 8  # the bulk took many segments
+        assert not os.path.exists(os.path.join(seg_dir, "seg-0000000000000001.log"))
+        server.kill9()
+        server.start()
+        (m,) = server.queue()
+        assert m["id"] == stuck and m["recipients"][0]["state"] == "pending"
+        assert "refused" in str(m["recipients"][0]).lower()  # its last error came along
+        assert show_message(server, stuck)[2] == body
