@@ -22,9 +22,11 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
-#define JOURNAL_RECORD_MAX   (64u * 1024 * 1024) /* payload bytes of one record */
-#define JOURNAL_BATCH_MAX    (8u * 1024 * 1024)  /* pending bytes before append says busy */
-#define JOURNAL_SEGMENT_SIZE (64u * 1024 * 1024) /* default rotation size */
+#define JOURNAL_RECORD_MAX     (64u * 1024 * 1024) /* payload bytes of one record */
+#define JOURNAL_BATCH_MAX      (8u * 1024 * 1024)  /* pending bytes before append says busy */
+#define JOURNAL_SEGMENT_SIZE   (64u * 1024 * 1024) /* default rotation size */
+#define JOURNAL_FILL_STEP      (4u * 1024 * 1024)  /* zeros written ahead of small batches */
+#define JOURNAL_FILL_BATCH_AVG (64u * 1024)        /* batches larger on average append */
 
 /* Module error codes, returned negated (-JOURNAL_ENOSPC). */
 enum journal_error {

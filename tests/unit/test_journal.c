@@ -398,6 +398,96 @@ test_limits(void)
 	free(big);
 }
 
+/* Flips one byte at offset `at` of segment 1 in dir. */
+static void
+byte_flip(const char *dir, uint64_t at)
+{
+	int fd = open(seg_path(dir, 1, ""), O_RDWR);
+	uint8_t b = 0;
+
+	CHECK(pread(fd, &b, 1, (off_t)at) == 1);
+	b ^= 0x40;
+	CHECK(pwrite(fd, &b, 1, (off_t)at) == 1);
+	close(fd);
+}
+
+static bool
+zeros_at(const uint8_t *p, size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		if (p[i] != 0)
+			return false;
+	}
+	return true;
+}
+
+static off_t
+rec_end(const struct journal_loc *loc)
+{
+	return (off_t)(loc->offset + 24 + ((loc->length + 7) & ~7u));
+}
+
+/*
+ * Small batches go over zeros written ahead (so fdatasync has no metadata to write):
+ * replay takes zeros after the last record as the end, in the last segment and in older
+ * ones, but anything else there as a torn tail. Large batches append.
+ */
+static void
+test_zero_tail(void)
+{
+	static uint8_t big[2 * JOURNAL_FILL_BATCH_AVG];
+	struct iovec iov = {big, sizeof(big)};
+	char dir[128];
+	struct seen s;
+	struct journal_loc loc;
+	struct journal *j;
+	off_t size;
+
+	dir_fresh(dir, sizeof(dir), "zero-tail");
+	j = jopen(dir, &s, 0);
+	fill(j, 0, 20, 4);
+	CHECK(append_one(j, 20, &loc) > 0 && write_batch(j) == 0);
+	size = file_size(seg_path(dir, 1, ""));
+	CHECK(size >= (off_t)JOURNAL_FILL_STEP);
+	CHECK(journal_disk_bytes(j) == (uint64_t)size);
+	journal_close(j);
+	j = jopen(dir, &s, 0);
+	CHECK(seen_records(&s, 0, 21, -1) && s.report_count == 0);
+	CHECK(file_size(seg_path(dir, 1, "")) == size && journal_disk_bytes(j) == (uint64_t)size);
+	/* after a restart the next batch starts a new segment: the old one keeps its zeros */
+	fill(j, 21, 10, 3);
+	CHECK(journal_current_segment(j) == 2);
+	journal_close(j);
+	j = jopen(dir, &s, 0);
+	CHECK(seen_records(&s, 0, 31, -1) && s.report_count == 0);
+	CHECK(dir_count(dir, ".corrupt") == 0);
+	CHECK(file_size(seg_path(dir, 1, "")) == size);
+	journal_close(j);
+
+	/* one stray byte in the zeros is a torn write: cut at the last record */
+	dir_fresh(dir, sizeof(dir), "zero-tail-torn");
+	j = jopen(dir, &s, 0);
+	fill(j, 0, 20, 4);
+	CHECK(append_one(j, 20, &loc) > 0 && write_batch(j) == 0);
+	journal_close(j);
+	byte_flip(dir, (uint64_t)rec_end(&loc) + 100);
+	j = jopen(dir, &s, 0);
+	CHECK(seen_records(&s, 0, 21, -1) && seen_reported(&s, "torn tail cut: 101 bytes"));
+	CHECK(file_size(seg_path(dir, 1, "")) == rec_end(&loc));
+	journal_close(j);
+
+	/* batches large on average append: no zeros after them */
+	dir_fresh(dir, sizeof(dir), "zero-tail-big");
+	j = jopen(dir, &s, 0);
+	memset(big, 'b', sizeof(big));
+	for (int i = 0; i < 20; i++)
+		CHECK(journal_append(j, JOURNAL_REC_MESSAGE, &iov, 1, &loc) > 0 &&
+		      write_batch(j) == 0);
+	CHECK(file_size(seg_path(dir, 1, "")) == rec_end(&loc));
+	journal_close(j);
+	seen_reset(&s);
+}
+
 /* The crash cut the last record at every possible byte: earlier ones survive. */
 static void
 test_torn_tail(void)
@@ -407,7 +497,7 @@ test_torn_tail(void)
 	struct journal_loc loc;
 	struct journal *j;
 	uint8_t *orig;
-	size_t len;
+	size_t len, end;
 
 	dir_fresh(src, sizeof(src), "torn-src");
 	j = jopen(src, &s, 0);
@@ -416,8 +506,9 @@ test_torn_tail(void)
 	CHECK(write_batch(j) == 0);
 	journal_close(j);
 	orig = file_read(seg_path(src, 1, ""), &len);
-	CHECK(len == loc.offset + 24 + ((loc.length + 7) & ~7u));
-	for (size_t cut = loc.offset; cut < len; cut++) {
+	end = loc.offset + 24 + ((loc.length + 7) & ~7u);
+	CHECK(len > end && zeros_at(orig + end, len - end)); /* written ahead */
+	for (size_t cut = loc.offset; cut < end; cut++) {
 		dir_fresh(dir, sizeof(dir), "torn");
 		mkdir(dir, 0750);
 		file_write(seg_path(dir, 1, ""), orig, cut);
@@ -435,19 +526,6 @@ test_torn_tail(void)
 	}
 	free(orig);
 	seen_reset(&s);
-}
-
-/* Flips one byte at offset `at` of segment 1 in dir. */
-static void
-byte_flip(const char *dir, uint64_t at)
-{
-	int fd = open(seg_path(dir, 1, ""), O_RDWR);
-	uint8_t b = 0;
-
-	CHECK(pread(fd, &b, 1, (off_t)at) == 1);
-	b ^= 0x40;
-	CHECK(pwrite(fd, &b, 1, (off_t)at) == 1);
-	close(fd);
 }
 
 static void
@@ -702,6 +780,7 @@ main(void)
 	test_group_commit();
 	test_limits();
 	test_torn_tail();
+	test_zero_tail();
 	test_corrupt_middle();
 	test_corrupt_order();
 	test_odd_files();
