@@ -39,6 +39,10 @@ rate() { awk -v n="$1" -v a="$2" -v b="$3" 'BEGIN{printf "%.0f", n/(b-a)}'; }
 cpu() { awk '{s+=$1+$2} END{printf "%.2f", s}' "$@"; }   # files of "%U %S"
 timed() { local out=$1; shift; /usr/bin/time -f "%U %S" -o "$out" "$@"; }
 
+# The runs that write to disk start on a quiet one: the previous run's writeback (Postfix
+# leaves 40,000 deleted queue files behind) would otherwise slow the next run's syncs.
+settle() { sync; sleep 2; }
+
 ROWS=()
 row() { ROWS+=("$(printf '%-46s %10s %8s' "$1" "$2" "$3")"); }
 
@@ -80,6 +84,7 @@ ceiling_postfix() {
 # send (through smtp-source-shim.sh), the load ringmx gets in (3); else with smtp-source.
 postfix_relay() {
     local load=$1 label=smtp-source src=() pa pr
+    settle
     if [[ ${SKIP_POSTFIX_RELAY:-0} == 1 || $(id -u) != 0 ]]; then
         row "postfix relay (skipped: SKIP_POSTFIX_RELAY or not root)" "-" "-"; return 0; fi
     [[ $load == bench ]] && { label="ringmx-bench send"; src=(SMTP_SOURCE="$ROOT/bench/smtp-source-shim.sh" BENCH="$BENCH"); }
@@ -106,6 +111,7 @@ ringmx_start() {	# port sink_port
 ringmx_run() {	# label, then the load command (its last arg is the server address)
     local label=$1; shift
     local port sport t0 t1 t2 sink
+    settle
     port=$(free_port); sport=$(free_port)
     "$BENCH" sink --listen "127.0.0.1:$sport" --expect "$N" >"$WORK/rmx/sink.out" 2>&1 &
     sink=$!; PIDS+=("$sink")
