@@ -62,6 +62,15 @@ out_init(struct worker *w)
 	return 0;
 }
 
+/* The slot's job is over: its message body, if read back for it, goes too. */
+static void
+out_txn_clear(struct out_txn *t)
+{
+	t->job = NULL;
+	free(t->body);
+	t->body = NULL;
+}
+
 static void
 out_txn_free(struct out_txn *t)
 {
@@ -648,7 +657,7 @@ oconn_close(struct worker *w, struct oconn *oc, const char *text)
 	for (; oc->txn_count > 0; oc->txn_count--) {
 		struct out_txn *t = &oc->txns[oc->txn_head];
 		out_fail_job(w, t->job, 451, text, oc->peer_text);
-		t->job = NULL;
+		out_txn_clear(t);
 		oc->txn_head = (oc->txn_head + 1) % OUT_TXN_WINDOW;
 	}
 	while (oc->held != NULL) {
@@ -1139,9 +1148,7 @@ out_txn_done(struct worker *w, struct oconn *oc, struct out_txn *t,
 	    oc->addr_next > 0 ? oc->hosts[oc->addr_host[oc->addr_next - 1]] : oc->dest->route.host;
 
 	assert(n == job->rcpt_count);
-	t->job = NULL;
-	free(t->body);
-	t->body = NULL;
+	out_txn_clear(t);
 	if (m != NULL && res != NULL) {
 		for (unsigned i = 0; i < n; i++) {
 			m->rcpts[job->rcpt[i]].next_attempt_ms = 0;
@@ -1188,9 +1195,7 @@ out_fallback(struct worker *w, struct oconn *oc, const char *why)
 		struct out_txn *t = &oc->txns[(oc->txn_head + k) % OUT_TXN_WINDOW];
 		t->job->next = oc->held;
 		oc->held = t->job;
-		t->job = NULL;
-		free(t->body);
-		t->body = NULL;
+		out_txn_clear(t);
 	}
 	oc->txn_count = 0;
 	struct log_line *l = log_begin(CONFIG_LOG_WARNING, NULL, "next-address");
@@ -1271,11 +1276,12 @@ out_txn_unsendable(struct worker *w, struct oconn *oc, struct out_txn *t, int er
 		snprintf(fail[i].status, sizeof(fail[i].status), "5.3.0");
 		snprintf(fail[i].text, sizeof(fail[i].text), "%s", text);
 	}
-	if (fail != NULL)
+	if (fail != NULL) {
 		out_txn_done(w, oc, t, fail, n);
-	else
+	} else {
 		out_fail_job(w, t->job, 451, "451 4.3.0 out of memory", NULL);
-	t->job = NULL;
+		out_txn_clear(t);
+	}
 	free(fail);
 }
 
@@ -1330,7 +1336,7 @@ out_start(struct worker *w, struct oconn *oc, struct sched_job *job)
 	const uint8_t *body = out_body(w, m, &t->body);
 	if (body == NULL || !out_txn_rcpts(t, m)) {
 		out_fail_job(w, job, 451, "451 4.3.0 cannot read the message back", NULL);
-		t->job = NULL;
+		out_txn_clear(t);
 		return;
 	}
 	struct smtp_client_txn tx = {
