@@ -41,6 +41,11 @@ def segments(server):
 REC_MESSAGE = 1  # journal.h JOURNAL_REC_MESSAGE; deferral records follow each message here
 
 
+def record_end(off, length):
+    """Where the record at off with a payload of length ends: header, payload, padding to 8."""
+    return off + (REC_HEADER_LEN + length + 7) // 8 * 8
+
+
 def record_offsets(path, rec_type=None):
     """(offset, payload length) of each record (of rec_type, if given) of a segment."""
     data = open(path, "rb").read()
@@ -50,7 +55,7 @@ def record_offsets(path, rec_type=None):
         (length,) = struct.unpack_from("<I", data, off + 8)
         if rec_type is None or kind == rec_type:
             out.append((off, length))
-        off += (REC_HEADER_LEN + length + 7) // 8 * 8
+        off = record_end(off, length)
     return out
 
 
@@ -60,7 +65,7 @@ def write_torn(path, data):
     records = record_offsets(path)
     off, length = records[-1] if records else (SEG_HEADER_LEN - REC_HEADER_LEN, 0)
     with open(path, "r+b") as f:
-        f.seek(off + (REC_HEADER_LEN + length + 7) // 8 * 8)
+        f.seek(record_end(off, length))
         f.write(data)
 
 

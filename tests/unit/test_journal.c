@@ -148,6 +148,13 @@ loc_eq(const struct journal_loc *a, const struct journal_loc *b)
 	return a->segment == b->segment && a->offset == b->offset && a->length == b->length;
 }
 
+/* The end of a record's framing: header, payload, padding to 8. */
+static off_t
+rec_end(const struct journal_loc *loc)
+{
+	return (off_t)(loc->offset + 24 + ((loc->length + 7) & ~7u));
+}
+
 static bool
 rec_is(const struct rec *r, unsigned i)
 {
@@ -349,7 +356,7 @@ test_group_commit(void)
 	CHECK(journal_batch_begin(j, &w) == 0);
 	CHECK(w.batch == 2);
 	CHECK(w.offset == b.offset);
-	CHECK(w.len == c.offset + 24 + ((c.length + 7) & ~7u) - b.offset);
+	CHECK(w.len == (size_t)rec_end(&c) - b.offset);
 	CHECK(pwrite(w.fd, w.buf, w.len, (off_t)w.offset) == (ssize_t)w.len);
 	CHECK(journal_batch_end(j, 0) == 0);
 	CHECK(journal_durable_batch(j) == 2);
@@ -419,12 +426,6 @@ zeros_at(const uint8_t *p, size_t len)
 			return false;
 	}
 	return true;
-}
-
-static off_t
-rec_end(const struct journal_loc *loc)
-{
-	return (off_t)(loc->offset + 24 + ((loc->length + 7) & ~7u));
 }
 
 /*
@@ -506,7 +507,7 @@ test_torn_tail(void)
 	CHECK(write_batch(j) == 0);
 	journal_close(j);
 	orig = file_read(seg_path(src, 1, ""), &len);
-	end = loc.offset + 24 + ((loc.length + 7) & ~7u);
+	end = (size_t)rec_end(&loc);
 	CHECK(len > end && zeros_at(orig + end, len - end)); /* written ahead */
 	for (size_t cut = loc.offset; cut < end; cut++) {
 		dir_fresh(dir, sizeof(dir), "torn");
