@@ -271,3 +271,23 @@ def ringmx_factory(tmp_path):
 @pytest.fixture
 def ringmx(ringmx_factory):
     return ringmx_factory()
+
+
+@pytest.fixture
+def postfix_factory(tmp_path):
+    """Private Postfix instances (postfix_mta.py), stopped and removed when the test ends
+    (pass or fail); skips the test where a private Postfix cannot run."""
+    from postfix_mta import PostfixMTA, unavailable
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    mtas = []
+
+    def make(relay_domain, nexthop_port, main_cf=None):
+        mtas.append(PostfixMTA(relay_domain, nexthop_port, keep_dir=str(tmp_path),
+                               main_cf=main_cf))
+        return mtas[-1].start()
+
+    yield make
+    for mta in mtas:
+        mta.stop()
