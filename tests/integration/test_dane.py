@@ -72,40 +72,28 @@ def test_fixture_tlsa_records_as_resolved(ringmx_factory, dns_fixture):
 
 # ---- delivery -----------------------------------------------------------------------------
 
-def test_dane_ee_match_delivers(ringmx_factory, dns_fixture, dane_sink):
-    """3 1 1 of the sink's key: delivered; the certificate's names (mx.ringmx.test, not
-    ee.ringmx.test) do not matter for DANE-EE."""
+@pytest.mark.parametrize("domain,host", [
+    # 3 1 1 of the sink's key; the certificate's names (mx.ringmx.test, not ee.ringmx.test)
+    # do not matter for DANE-EE
+    ("dane-ee.ringmx.test", "ee.ringmx.test"),
+    # 2 0 1 of the test CA, and the MX host mx.ringmx.test is the certificate's name
+    ("dane-ta.ringmx.test", "mx.ringmx.test"),
+])
+def test_dane_match_delivers(ringmx_factory, dns_fixture, dane_sink, domain, host):
     server = dane_server(ringmx_factory, dns_fixture, dane_sink)
-    msg, line = delivered(server, dane_sink, send(server, BODY, rcpts=["u@dane-ee.ringmx.test"]))
+    msg, line = delivered(server, dane_sink, send(server, BODY, rcpts=[f"u@{domain}"]))
     assert msg.tls == "TLSv1.3" and tls_field(line) == "dane", line
-    assert "relay=ee.ringmx.test" in line, line
+    assert f"relay={host}" in line, line
 
 
-def test_dane_ee_mismatch_defers(ringmx_factory, dns_fixture, dane_sink):
+@pytest.mark.parametrize("dane_sink,domain", [
+    (ECDSA, "dane-eebad.ringmx.test"),  # 3 1 1 of a key nobody has
+    (None, "dane-ee.ringmx.test"),  # a secure usable TLSA makes STARTTLS mandatory
+    (OTHER, "dane-ta.ringmx.test"),  # chains to the TLSA's CA, but for other.ringmx.test
+], indirect=["dane_sink"])
+def test_dane_mismatch_defers(ringmx_factory, dns_fixture, dane_sink, domain):
     server = dane_server(ringmx_factory, dns_fixture, dane_sink)
-    deferred_not_delivered(server, dane_sink,
-                           send(server, BODY, rcpts=["u@dane-eebad.ringmx.test"]))
-
-
-@pytest.mark.parametrize("dane_sink", [None], indirect=True)
-def test_dane_requires_starttls(ringmx_factory, dns_fixture, dane_sink):
-    """A secure usable TLSA makes TLS mandatory: a peer without STARTTLS gets nothing."""
-    server = dane_server(ringmx_factory, dns_fixture, dane_sink)
-    deferred_not_delivered(server, dane_sink, send(server, BODY, rcpts=["u@dane-ee.ringmx.test"]))
-
-
-def test_dane_ta_match_with_the_mx_name_delivers(ringmx_factory, dns_fixture, dane_sink):
-    """2 0 1 of the test CA, and the MX host mx.ringmx.test is the certificate's name."""
-    server = dane_server(ringmx_factory, dns_fixture, dane_sink)
-    msg, line = delivered(server, dane_sink, send(server, BODY, rcpts=["u@dane-ta.ringmx.test"]))
-    assert msg.tls == "TLSv1.3" and tls_field(line) == "dane", line
-
-
-@pytest.mark.parametrize("dane_sink", [OTHER], indirect=True)
-def test_dane_ta_with_the_wrong_name_defers(ringmx_factory, dns_fixture, dane_sink):
-    """The chain ends at the TLSA's CA, but the certificate is for other.ringmx.test."""
-    server = dane_server(ringmx_factory, dns_fixture, dane_sink)
-    deferred_not_delivered(server, dane_sink, send(server, BODY, rcpts=["u@dane-ta.ringmx.test"]))
+    deferred_not_delivered(server, dane_sink, send(server, BODY, rcpts=[f"u@{domain}"]))
 
 
 def test_bogus_tlsa_defers_without_connecting(ringmx_factory, dns_fixture, dane_sink):
