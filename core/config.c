@@ -17,6 +17,10 @@
 
 #include <libfyaml.h>
 
+#include "tls/tls.h"
+
+static_assert(CONFIG_SNI_MAX == TLS_SNI_MAX, "tls.sni holds what the TLS server can load");
+
 /* Parses 1..65535 written as plain decimal digits. */
 static int
 parse_port(const char *text, uint16_t *port)
@@ -296,6 +300,7 @@ struct loader {
 	struct config *cfg;
 	struct config_errors *errs;
 	const char *file;
+	bool builtin; /* the compiled-in default: its certificate may not exist yet */
 	/* kept until the checks that need the whole file, so they can point at a line */
 	struct fy_node *listen_nodes[CONFIG_LISTEN_MAX];
 };
@@ -419,6 +424,16 @@ item_entry(const struct item *parent, struct fy_node *value, int index, struct i
 	path_format(child, "%s[%d]", parent->path, index);
 }
 
+/* An item pointing at key inside node (or at node when key is absent), for late checks. */
+static void
+item_at(struct fy_node *node, const char *key, const char *path, struct item *it)
+{
+	it->key = node;
+	it->value =
+	    fy_node_is_mapping(node) ? fy_node_mapping_lookup_by_string(node, key, FY_NT) : NULL;
+	path_format(it, "%s", path);
+}
+
 /* YAML 1.2 core schema null: no value, "~" or "null" written plain. */
 static bool
 node_is_null(struct fy_node *node)
@@ -464,13 +479,18 @@ item_copy(struct loader *ld, const struct item *it, const char *text, char *dst,
 	return true;
 }
 
-/* Readable regular file: what the server will open later, checked now so -t can tell. */
+/*
+ * Readable regular file: what the server will open later, checked now so -t can tell.
+ * may_be_missing: a file ringmx creates itself at start (the built-in default's certificate).
+ */
 static void
-check_readable(struct loader *ld, const struct item *it, const char *path)
+check_file(struct loader *ld, const struct item *it, const char *path, bool may_be_missing)
 {
 	struct stat st;
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 
+	if (fd < 0 && errno == ENOENT && may_be_missing)
+		return;
 	if (fd < 0) {
 		loader_error(ld, it, "cannot read file: %s", strerror(errno));
 		return;
@@ -478,6 +498,12 @@ check_readable(struct loader *ld, const struct item *it, const char *path)
 	if (fstat(fd, &st) == 0 && !S_ISREG(st.st_mode))
 		loader_error(ld, it, "cannot read file: not a regular file");
 	close(fd);
+}
+
+static void
+check_readable(struct loader *ld, const struct item *it, const char *path)
+{
+	check_file(ld, it, path, false);
 }
 
 enum field_kind {
@@ -946,6 +972,44 @@ route_parse(const char *text, struct config_route *route)
 	return 0;
 }
 
+static const char *const outbound_tls_names[] = {"none", "may", "encrypt", "dane", "verify", NULL};
+
+/* A route written as a mapping, read into this before it is checked. */
+struct route_spec {
+	char nexthop[CONFIG_DOMAIN_LEN + 8];
+	enum config_outbound_tls tls;
+};
+
+static const struct field route_fields[] = {
+    STRING("nexthop", struct route_spec, nexthop),
+    ENUM("tls", struct route_spec, tls, outbound_tls_names),
+    FIELDS_END,
+};
+
+/* { nexthop: "[10.0.0.5]:25", tls: verify }: both optional (no nexthop: mx); true if good. */
+static bool
+route_mapping(struct loader *ld, const struct item *entry, struct config_route *route)
+{
+	struct route_spec spec = {.nexthop = "mx"};
+	unsigned problems = ld->errs->count + ld->errs->dropped;
+	struct item at;
+
+	walk_mapping(ld, entry, route_fields, &spec);
+	if (problems != ld->errs->count + ld->errs->dropped)
+		return false;
+	if (route_parse(spec.nexthop, route) < 0) {
+		item_at(entry->value, "nexthop", "", &at);
+		path_format(&at, "%.300s.nexthop", entry->path);
+		loader_error(ld, &at,
+		             "bad next hop \"%.64s\" (want mx, HOST, [HOST] or [HOST]:PORT)",
+		             spec.nexthop);
+		return false;
+	}
+	route->tls_set = fy_node_mapping_lookup_by_string(entry->value, "tls", FY_NT) != NULL;
+	route->tls = route->tls_set ? spec.tls : CONFIG_OUT_TLS_NONE;
+	return true;
+}
+
 /* One "domain: route" pair; entry->key is the domain, entry->value the route. */
 static void
 route_entry(struct loader *ld, const struct item *entry)
@@ -974,6 +1038,13 @@ route_entry(struct loader *ld, const struct item *entry)
 			return;
 		}
 	}
+	route->tls_set = false;
+	route->tls = CONFIG_OUT_TLS_NONE;
+	if (fy_node_is_mapping(entry->value)) {
+		if (route_mapping(ld, entry, route))
+			cfg->route_count++;
+		return;
+	}
 	text = item_text(ld, entry, "a route");
 	if (text == NULL)
 		return;
@@ -985,23 +1056,50 @@ route_entry(struct loader *ld, const struct item *entry)
 	cfg->route_count++;
 }
 
+/* Entries of a "name: value" mapping of at most max; the count, or -1 (reported). */
+static int
+pairs_count(struct loader *ld, const struct item *it, int max, const char *want)
+{
+	int count;
+
+	if (!fy_node_is_mapping(it->value)) {
+		loader_error(ld, it, "expected a mapping of %s", want);
+		return -1;
+	}
+	count = fy_node_mapping_item_count(it->value);
+	if (count < 0 || count > max) {
+		loader_error(ld, it, "too many entries (%d, max %d)", count, max);
+		return -1;
+	}
+	return count;
+}
+
+/* Calls fn for each pair of the mapping it, with the key as the entry's key. */
+static void
+pairs_walk(struct loader *ld, const struct item *it,
+           void (*fn)(struct loader *ld, const struct item *entry))
+{
+	void *iter = NULL;
+	struct fy_node_pair *pair;
+
+	while ((pair = fy_node_mapping_iterate(it->value, &iter)) != NULL) {
+		struct item entry;
+		struct fy_node *key = fy_node_pair_key(pair);
+		const char *name = key && fy_node_is_scalar(key) ? fy_node_get_scalar0(key) : "?";
+
+		item_member(it, key, fy_node_pair_value(pair), name, &entry);
+		fn(ld, &entry);
+	}
+}
+
 static void
 parse_routes(struct loader *ld, const struct item *it, void *target)
 {
 	struct config *cfg = ld->cfg;
-	void *iter = NULL;
-	struct fy_node_pair *pair;
-	int count;
+	int count = pairs_count(ld, it, CONFIG_ROUTES_MAX, "domain: route");
 
-	if (!fy_node_is_mapping(it->value)) {
-		loader_error(ld, it, "expected a mapping of domain: route");
+	if (count < 0)
 		return;
-	}
-	count = fy_node_mapping_item_count(it->value);
-	if (count < 0 || count > CONFIG_ROUTES_MAX) {
-		loader_error(ld, it, "too many entries (%d, max %d)", count, CONFIG_ROUTES_MAX);
-		return;
-	}
 	free(cfg->routes);
 	cfg->route_count = 0;
 	/* one spare for the "*" default added when the file has none */
@@ -1010,21 +1108,94 @@ parse_routes(struct loader *ld, const struct item *it, void *target)
 		loader_error(ld, it, "out of memory");
 		return;
 	}
-	while ((pair = fy_node_mapping_iterate(it->value, &iter)) != NULL) {
-		struct item entry;
-		struct fy_node *key = fy_node_pair_key(pair);
-		const char *name = key && fy_node_is_scalar(key) ? fy_node_get_scalar0(key) : "?";
+	pairs_walk(ld, it, route_entry);
+}
 
-		item_member(it, key, fy_node_pair_value(pair), name, &entry);
-		route_entry(ld, &entry);
+/* tls.certificate and tls.key: the built-in default's may not exist yet (made at start). */
+static void
+parse_tls_file(struct loader *ld, const struct item *it, void *target)
+{
+	const char *text = item_text(ld, it, "a string");
+
+	if (text == NULL || !item_copy(ld, it, text, target, CONFIG_PATH_LEN))
+		return;
+	if (text[0] != '\0')
+		check_file(ld, it, text, ld->builtin);
+}
+
+static const struct field sni_fields[] = {
+    FILENAME("certificate", struct config_sni, certificate),
+    FILENAME("key", struct config_sni, key),
+    FIELDS_END,
+};
+
+/* One "server.name: { certificate: FILE, key: FILE }" pair of tls.sni. */
+static void
+sni_entry(struct loader *ld, const struct item *entry)
+{
+	struct config *cfg = ld->cfg;
+	struct config_sni *sni = &cfg->tls_sni[cfg->tls_sni_count];
+	struct item at_key = *entry;
+	const char *name =
+	    entry->key && fy_node_is_scalar(entry->key) ? fy_node_get_scalar0(entry->key) : NULL;
+	unsigned problems = ld->errs->count + ld->errs->dropped;
+
+	at_key.value = entry->key;
+	memset(sni, 0, sizeof(*sni));
+	if (name == NULL || strlen(name) > CONFIG_DOMAIN_LEN) {
+		loader_error(ld, &at_key, "expected a server name");
+		return;
 	}
+	strcpy(sni->name, name);
+	config_domain_normalize(sni->name);
+	/* the TLS server matches exact names only: no wildcards */
+	if (!domain_valid(sni->name)) {
+		loader_error(ld, &at_key, "bad server name \"%.64s\" (want an exact host name)",
+		             name);
+		return;
+	}
+	for (unsigned i = 0; i < cfg->tls_sni_count; i++) {
+		if (strcmp(cfg->tls_sni[i].name, sni->name) == 0) {
+			loader_error(ld, &at_key, "duplicate server name \"%.64s\"", sni->name);
+			return;
+		}
+	}
+	if (!fy_node_is_mapping(entry->value)) {
+		loader_error(ld, entry, "expected { certificate: FILE, key: FILE }");
+		return;
+	}
+	walk_mapping(ld, entry, sni_fields, sni);
+	if (problems != ld->errs->count + ld->errs->dropped)
+		return;
+	if (sni->certificate[0] == '\0' || sni->key[0] == '\0') {
+		loader_error(ld, entry, "needs certificate and key");
+		return;
+	}
+	cfg->tls_sni_count++;
+}
+
+static void
+parse_sni(struct loader *ld, const struct item *it, void *target)
+{
+	struct config *cfg = ld->cfg;
+	int count = pairs_count(ld, it, CONFIG_SNI_MAX, "server name: { certificate, key }");
+
+	if (count < 0)
+		return;
+	free(cfg->tls_sni);
+	cfg->tls_sni_count = 0;
+	cfg->tls_sni = calloc((size_t)count + 1, sizeof(cfg->tls_sni[0]));
+	if (cfg->tls_sni == NULL) {
+		loader_error(ld, it, "out of memory");
+		return;
+	}
+	pairs_walk(ld, it, sni_entry);
 }
 
 static const char *const log_level_names[] = {"debug", "info", "warning", "error", NULL};
 static const char *const log_format_names[] = {"text", "json", NULL};
 static const char *const dnssec_names[] = {"off", "validate", NULL};
 static const char *const prefer_names[] = {"ipv4", "ipv6", NULL};
-static const char *const outbound_tls_names[] = {"none", "may", "encrypt", "dane", "verify", NULL};
 static const char *const sync_names[] = {"none", "always", NULL};
 static const char *const bare_newline_names[] = {"normalize", "reject", NULL};
 
@@ -1045,8 +1216,9 @@ static const struct field metrics_fields[] = {
 };
 
 static const struct field tls_fields[] = {
-    FILENAME("certificate", struct config, tls_certificate),
-    FILENAME("key", struct config, tls_key),
+    CUSTOM("certificate", struct config, tls_certificate, parse_tls_file),
+    CUSTOM("key", struct config, tls_key, parse_tls_file),
+    CUSTOM("sni", struct config, tls_sni, parse_sni),
     FIELDS_END,
 };
 
@@ -1069,6 +1241,7 @@ static const struct field dns_fields[] = {
 static const struct field outbound_fields[] = {
     UINT("port", struct config, outbound_port, 1, 65535),
     ENUM("tls", struct config, outbound_tls, outbound_tls_names),
+    FILENAME("tls_ca_file", struct config, outbound_tls_ca_file),
     UINT("max_connections_per_destination", struct config, outbound_max_connections_per_destination,
          1, 10000),
     UINT("max_messages_per_connection", struct config, outbound_max_messages_per_connection, 1,
@@ -1127,8 +1300,11 @@ static_assert(sizeof(bool) == 1, "bool fields are stored as one byte");
 
 /*
  * The development default. config_load(NULL) parses this very text, so what
- * `ringmx --default-config` prints is exactly what runs without -c.
+ * `ringmx --default-config` prints is exactly what runs without -c. It is longer than
+ * the 4095 characters ISO C promises for a string literal; GCC and Clang take it.
  */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Woverlength-strings"
 static const char default_yaml[] =
     "# ringmx configuration: YAML 1.2 (plain JSON works too). Unknown keys are errors.\n"
     "# This is the development default; keys left out take their production default.\n"
@@ -1143,10 +1319,16 @@ static const char default_yaml[] =
     "metrics: { listen: \"\" }        # Prometheus /metrics, e.g. \"127.0.0.1:9465\"; \"\": off\n"
     "\n"
     "listen:                        # role: mx|submission; tls: none|may|required|implicit\n"
-    "  - { address: \"127.0.0.1:2525\", role: mx, tls: may, auth: \"off\" }  # auth: "
-    "off|optional|required\n"
-    "# tls: { certificate: /etc/ringmx/cert.pem, key: /etc/ringmx/key.pem }  # for STARTTLS "
-    "and 465\n"
+    "  - { address: \"127.0.0.1:2525\", role: mx, tls: may, auth: \"off\" }  # as 25: from MTAs\n"
+    "  - { address: \"127.0.0.1:2587\", role: submission, tls: required, auth: required }  # 587\n"
+    "  - { address: \"127.0.0.1:2465\", role: submission, tls: implicit, auth: required }  # 465\n"
+    "# auth: off|optional|required. 25 offers STARTTLS and never requires it (RFC 3207); 587\n"
+    "# needs STARTTLS before AUTH, 465 is TLS from the first byte; both need AUTH to relay.\n"
+    "\n"
+    "tls:                           # the certificate for STARTTLS and implicit TLS (PEM)\n"
+    "  certificate: ./var/tls/cert.pem  # without -c, a missing pair is created at start,\n"
+    "  key: ./var/tls/key.pem       # self-signed for hostname: replace it for production\n"
+    "  # sni: { mx.other.test: { certificate: ./other.pem, key: ./other.key } }  # per name\n"
     "\n"
     "relay_domains: [ example.test ]     # domains we accept mail for, from anyone\n"
     "# recipient_map: /etc/ringmx/recipients   # known addresses and @domain lines\n"
@@ -1155,6 +1337,7 @@ static const char default_yaml[] =
     "\n"
     "routes:                        # next hop per recipient domain; \"*\" = every other\n"
     "  \"*\": mx                      # mx: DNS MX; \"[host]:port\": that host; host: its MX\n"
+    "  # example.net: { nexthop: \"[10.0.0.5]:25\", tls: verify }  # own outbound.tls policy\n"
     "\n"
     "dns:                           # the resolver for MX, A/AAAA and TLSA lookups\n"
     "  forward: []                  # resolvers, e.g. [ \"127.0.0.1@5353\" ]; []: resolv.conf\n"
@@ -1167,6 +1350,7 @@ static const char default_yaml[] =
     "outbound:                      # delivery to next hops\n"
     "  port: 25                     # SMTP port of next hops (tests point it at a sink)\n"
     "  tls: may                     # none | may | encrypt | dane | verify\n"
+    "  # tls_ca_file: /etc/ssl/certs/ca-certificates.crt  # CAs for verify (the default)\n"
     "  max_connections_per_destination: 20   # parallel connections to one next hop\n"
     "  max_messages_per_connection: 100      # messages sent before reconnecting\n"
     "\n"
@@ -1187,6 +1371,7 @@ static const char default_yaml[] =
     "  max_errors: 10               # bad commands before the session is closed\n"
     "  max_hops: 50                 # Received headers allowed (mail loop guard)\n"
     "  bare_newline: normalize      # bare LF in DATA: normalize (to CRLF) | reject\n";
+#pragma GCC diagnostic pop
 
 const char *
 config_default_yaml(void)
@@ -1228,6 +1413,7 @@ defaults_set(struct config *cfg)
 	cfg->dns_dnssec = true;
 	cfg->outbound_port = 25;
 	cfg->outbound_tls = CONFIG_OUT_TLS_MAY;
+	strcpy(cfg->outbound_tls_ca_file, "/etc/ssl/certs/ca-certificates.crt");
 	cfg->outbound_max_connections_per_destination = 20;
 	cfg->outbound_max_messages_per_connection = 100;
 	cfg->queue_sync = true;
@@ -1255,17 +1441,7 @@ defaults_set(struct config *cfg)
  */
 static const bool tls_may_needs_certificate = false;
 
-/* An item pointing at key inside node (or at node when key is absent), for late checks. */
-static void
-item_at(struct fy_node *node, const char *key, const char *path, struct item *it)
-{
-	it->key = node;
-	it->value =
-	    fy_node_is_mapping(node) ? fy_node_mapping_lookup_by_string(node, key, FY_NT) : NULL;
-	path_format(it, "%s", path);
-}
-
-/* Rules that span keys: listeners against tls and auth settings. */
+/* Rules that span keys: listeners against tls settings. */
 static void
 finish_listeners(struct loader *ld, struct fy_node *root)
 {
@@ -1277,6 +1453,12 @@ finish_listeners(struct loader *ld, struct fy_node *root)
 		item_at(root, "tls", "tls", &it);
 		loader_error(ld, &it, "certificate and key go together");
 	}
+	if (cfg->tls_sni_count > 0 && !have_cert) {
+		item_at(fy_node_mapping_lookup_by_string(root, "tls", FY_NT), "sni", "tls.sni",
+		        &it);
+		loader_error(ld, &it,
+		             "needs tls.certificate and tls.key (for clients without SNI)");
+	}
 	for (unsigned i = 0; i < cfg->listen_count; i++) {
 		const struct config_listen *l = &cfg->listen[i];
 		char path[32];
@@ -1286,11 +1468,42 @@ finish_listeners(struct loader *ld, struct fy_node *root)
 		if (!have_cert && l->tls != CONFIG_TLS_NONE &&
 		    (l->tls != CONFIG_TLS_MAY || tls_may_needs_certificate))
 			loader_error(ld, &it, "needs tls.certificate and tls.key");
-		snprintf(path, sizeof(path), "listen[%u].auth", i);
-		item_at(ld->listen_nodes[i], "auth", path, &it);
-		if (l->auth != CONFIG_AUTH_OFF && cfg->auth_passwd_file[0] == '\0')
-			loader_error(ld, &it, "needs auth.passwd_file");
+		/*
+		 * auth without auth.passwd_file is no error: nobody can log in, so `required`
+		 * refuses every MAIL (530) and fails closed; `ringmx -t` warns about it.
+		 */
 	}
+}
+
+static bool
+verify_used(const struct config *cfg)
+{
+	if (cfg->outbound_tls == CONFIG_OUT_TLS_VERIFY)
+		return true;
+	for (unsigned i = 0; i < cfg->route_count; i++)
+		if (config_route_tls(cfg, &cfg->routes[i]) == CONFIG_OUT_TLS_VERIFY)
+			return true;
+	return false;
+}
+
+/* `verify` can never succeed without CA certificates: the default bundle is checked too. */
+static void
+finish_outbound(struct loader *ld, struct fy_node *root)
+{
+	const struct config *cfg = ld->cfg;
+	struct fy_node *outbound = fy_node_mapping_lookup_by_string(root, "outbound", FY_NT);
+	struct item it;
+
+	if (!verify_used(cfg))
+		return;
+	item_at(outbound, "tls_ca_file", "outbound.tls_ca_file", &it);
+	if (cfg->outbound_tls_ca_file[0] == '\0')
+		loader_error(ld, &it, "tls: verify needs a CA bundle");
+	else if (it.value == NULL && access(cfg->outbound_tls_ca_file, R_OK) < 0)
+		loader_error(ld, &it,
+		             "%s: cannot read file: %s (tls: verify needs it: install "
+		             "ca-certificates or set outbound.tls_ca_file)",
+		             cfg->outbound_tls_ca_file, strerror(errno));
 }
 
 static int
@@ -1357,6 +1570,7 @@ finish(struct loader *ld, struct fy_node *root)
 	}
 	finish_listeners(ld, root);
 	finish_lists(ld, root);
+	finish_outbound(ld, root);
 	cfg->metrics_enabled = cfg->metrics_listen.len != 0;
 	if (cfg->workers == 0) {
 		cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -1443,7 +1657,7 @@ document_parse(struct loader *ld, const char *path)
 struct config *
 config_load(const char *path, struct config_errors *errs)
 {
-	struct loader ld = {.errs = errs, .file = path ? path : "<default>"};
+	struct loader ld = {.errs = errs, .file = path ? path : "<default>", .builtin = !path};
 	struct item root = {.key = NULL};
 	struct fy_document *doc;
 
@@ -1459,6 +1673,7 @@ config_load(const char *path, struct config_errors *errs)
 		goto fail;
 	}
 	strcpy(ld.cfg->source, ld.file);
+	ld.cfg->builtin = ld.builtin;
 	doc = document_parse(&ld, path);
 	if (doc == NULL)
 		goto fail;
@@ -1484,15 +1699,34 @@ config_free(struct config *cfg)
 		return;
 	free(cfg->relay_domains);
 	free(cfg->routes);
+	free(cfg->tls_sni);
 	free(cfg);
 }
 
-/* mkdir -p: creates each missing component of path with mode 0750. */
-static int
-mkdir_parents(const char *dir, char *err, size_t err_len)
+enum config_outbound_tls
+config_route_tls(const struct config *cfg, const struct config_route *route)
+{
+	assert(cfg);
+	assert(route);
+	return route->tls_set ? route->tls : cfg->outbound_tls;
+}
+
+bool
+config_tls_missing(const struct config *cfg)
+{
+	assert(cfg);
+	if (!cfg->builtin || cfg->tls_certificate[0] == '\0')
+		return false;
+	return access(cfg->tls_certificate, F_OK) < 0 || access(cfg->tls_key, F_OK) < 0;
+}
+
+int
+config_mkdir_parents(const char *key, const char *dir, char *err, size_t err_len)
 {
 	char path[CONFIG_PATH_LEN];
 
+	assert(key);
+	assert(dir);
 	snprintf(path, sizeof(path), "%s", dir);
 	for (char *p = path + 1;; p++) {
 		char c = *p;
@@ -1504,9 +1738,9 @@ mkdir_parents(const char *dir, char *err, size_t err_len)
 			int e = errno;
 
 			snprintf(err, err_len,
-			         "spool_dir %s: cannot create %s: %s (create it, or set spool_dir "
-			         "to a directory this user can write)",
-			         dir, path, strerror(e));
+			         "%s %s: cannot create %s: %s (create it, or set %s "
+			         "to a path this user can write)",
+			         key, dir, path, strerror(e), key);
 			return -e;
 		}
 		*p = c;
@@ -1526,7 +1760,7 @@ config_check_spool(const struct config *cfg, char *err, size_t err_len)
 	assert(cfg);
 	assert(err);
 	assert(cfg->spool_dir[0] != '\0');
-	rc = mkdir_parents(cfg->spool_dir, err, err_len);
+	rc = config_mkdir_parents("spool_dir", cfg->spool_dir, err, err_len);
 	if (rc < 0)
 		return rc;
 	if (stat(cfg->spool_dir, &st) < 0 || !S_ISDIR(st.st_mode)) {

@@ -24,6 +24,7 @@
 #define CONFIG_DOMAIN_LEN   255
 #define CONFIG_PATH_LEN     1024
 #define CONFIG_ERRORS_MAX   64
+#define CONFIG_SNI_MAX      64 /* = TLS_SNI_MAX of tls/tls.h (checked in config.c) */
 
 enum config_role {
 	CONFIG_ROLE_MX,
@@ -95,15 +96,30 @@ enum config_route_kind {
 	CONFIG_ROUTE_HOST,
 };
 
+/*
+ * A route is a string ("[10.0.0.5]:25") or a mapping { nexthop: "[10.0.0.5]:25", tls: verify }
+ * (nexthop left out: mx). tls_set says the mapping chose its own outbound TLS policy; read the
+ * policy in effect with config_route_tls().
+ */
 struct config_route {
 	char domain[CONFIG_DOMAIN_LEN + 1]; /* lower case, no trailing dot; "*" = default */
 	enum config_route_kind kind;
 	char host[CONFIG_DOMAIN_LEN + 1];
 	uint16_t port; /* 0: outbound.port */
+	bool tls_set;
+	enum config_outbound_tls tls; /* only when tls_set */
+};
+
+/* A certificate chosen by SNI (tls.sni): exact server name, lower case, no trailing dot. */
+struct config_sni {
+	char name[CONFIG_DOMAIN_LEN + 1];
+	char certificate[CONFIG_PATH_LEN];
+	char key[CONFIG_PATH_LEN];
 };
 
 struct config {
 	char source[CONFIG_PATH_LEN]; /* file name, or "<default>" */
+	bool builtin;                 /* the compiled-in default (no -c) */
 	char hostname[CONFIG_DOMAIN_LEN + 1];
 	unsigned workers; /* resolved: never 0 after config_load */
 	char spool_dir[CONFIG_PATH_LEN];
@@ -119,8 +135,14 @@ struct config {
 	struct config_listen listen[CONFIG_LISTEN_MAX];
 	unsigned listen_count; /* >= 1; no `listen` key: 0.0.0.0:25 mx, tls may, auth off */
 
+	/*
+	 * The default certificate. In the built-in default (builtin) the two files may be
+	 * missing: ringmx creates a self-signed pair at start (config_tls_missing()).
+	 */
 	char tls_certificate[CONFIG_PATH_LEN];
 	char tls_key[CONFIG_PATH_LEN];
+	struct config_sni *tls_sni; /* sorted by name; NULL when tls_sni_count is 0 */
+	unsigned tls_sni_count;     /* <= CONFIG_SNI_MAX; needs tls.certificate */
 
 	/* lower case, no trailing dot; sorted for bsearch */
 	char (*relay_domains)[CONFIG_DOMAIN_LEN + 1];
@@ -142,7 +164,8 @@ struct config {
 	bool dns_prefer_ipv6; /* dns.prefer: ipv6 (default ipv4) */
 
 	uint16_t outbound_port;
-	enum config_outbound_tls outbound_tls;
+	enum config_outbound_tls outbound_tls;      /* routes may override: config_route_tls() */
+	char outbound_tls_ca_file[CONFIG_PATH_LEN]; /* CA bundle for `verify` (not for DANE) */
 	unsigned outbound_max_connections_per_destination;
 	unsigned outbound_max_messages_per_connection;
 
@@ -189,6 +212,22 @@ const char *config_default_yaml(void);
 
 /* Creates spool_dir if missing and checks it is a writable directory; 0 or -errno. */
 int config_check_spool(const struct config *cfg, char *err, size_t err_len);
+
+/*
+ * mkdir -p dir (mode 0750 for each missing component); 0 or -errno with err naming key,
+ * the config key the directory is for ("spool_dir", "tls.certificate").
+ */
+int config_mkdir_parents(const char *key, const char *dir, char *err, size_t err_len);
+
+/* The outbound TLS policy for mail on route: its own `tls`, else outbound.tls. */
+enum config_outbound_tls config_route_tls(const struct config *cfg,
+                                          const struct config_route *route);
+
+/*
+ * True when cfg is the built-in default and its tls.certificate or tls.key file does not
+ * exist yet: ringmx creates a self-signed pair there at start. Always false with -c.
+ */
+bool config_tls_missing(const struct config *cfg);
 
 /* Parses "1.2.3.4:25", "[::1]:25", "[1.2.3.4]:25"; 0 or -EINVAL. */
 int config_parse_sockaddr(const char *text, struct config_sockaddr *out);

@@ -194,6 +194,10 @@ static const struct control_stat {
     STAT(journal_syncs, false, "journal fdatasyncs"),
     STAT(journal_errors, false, "journal write or sync failures"),
     STAT(journal_disk_bytes, true, "bytes of journal segments on disk"),
+    STAT(tls_handshakes, false, "inbound TLS handshakes completed"),
+    STAT(tls_failures, false, "inbound TLS handshakes or sessions that failed"),
+    STAT(tls_out_handshakes, false, "outbound TLS handshakes completed"),
+    STAT(tls_out_failures, false, "outbound TLS handshakes that failed"),
     STAT(queue_messages, true, "messages queued"),
     STAT(queue_recipients, true, "recipients waiting for delivery"),
     STAT(queue_memory, true, "bytes of queue memory in use"),
@@ -479,6 +483,32 @@ metrics_listen(const struct config *cfg)
 	return fd;
 }
 
+/*
+ * The certificates are checked here once, before any worker loads them: a bad one
+ * (unreadable, not matching its key, expired) is one log line, and every worker
+ * keeps the certificate it has.
+ */
+static bool
+control_reload_tls(const struct config *cfg)
+{
+	char err[CONFIG_PATH_LEN + 128];
+	struct tls_cert_info info;
+
+	if (cfg->tls_certificate[0] == '\0')
+		return false;
+	struct tls_server *probe = worker_tls_server(cfg, NULL, err, sizeof(err));
+	bool ok = probe != NULL && tls_cert_inspect(cfg->tls_certificate, cfg->tls_key,
+	                                            cfg->hostname, &info, err, sizeof(err)) == 0;
+	if (ok && info.not_after <= time(NULL)) {
+		snprintf(err, sizeof(err), "tls.certificate %s has expired", cfg->tls_certificate);
+		ok = false;
+	}
+	tls_server_free(probe);
+	if (!ok)
+		log_msg(CONFIG_LOG_ERROR, "reload: keeping the current certificates: %s", err);
+	return ok;
+}
+
 /* SIGHUP: the maps are read again; a map that no longer parses keeps the old policy. */
 static void
 control_reload(const struct config *cfg, struct worker **workers, unsigned n,
@@ -492,11 +522,13 @@ control_reload(const struct config *cfg, struct worker **workers, unsigned n,
 		return;
 	}
 	struct control_request r = {.cmd = CONTROL_RELOAD, .policy = p};
+	r.tls_reload = control_reload_tls(cfg);
 	strbuf_init(&r.out, 0);
 	control_fan_out(&r, workers, n);
 	policy_free(*policy);
 	*policy = p;
-	log_msg(CONFIG_LOG_INFO, "reloaded: recipient map and policy");
+	log_msg(CONFIG_LOG_INFO, "reloaded: recipient map and policy%s",
+	        r.tls_reload ? ", certificates" : "");
 }
 
 int

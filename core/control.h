@@ -39,6 +39,8 @@ struct control_stats {
 	uint64_t journal_batches, journal_syncs, journal_errors;
 	uint64_t queue_messages, queue_recipients, queue_memory, queue_memory_limit;
 	uint64_t journal_disk_bytes;
+	uint64_t tls_handshakes, tls_failures;         /* inbound */
+	uint64_t tls_out_handshakes, tls_out_failures; /* outbound */
 };
 
 /* One request, shared by the fan-out to all workers (each appends under `lock`). */
@@ -48,6 +50,7 @@ struct control_request {
 	char arg[128];
 	uint64_t now_ms;             /* wall clock when asked, for ages */
 	const struct policy *policy; /* CONTROL_RELOAD */
+	bool tls_reload;             /* CONTROL_RELOAD: the certificates checked out, load them */
 
 	pthread_mutex_t lock;
 	pthread_cond_t done;

@@ -23,6 +23,7 @@
 #include "core/log.h"
 #include "core/policy.h"
 #include "core/worker.h"
+#include "tls/tls.h"
 
 #define EXIT_CONFIG           2  /* the configuration has problems */
 #define LISTEN_PROBE_TRIES    40 /* times LISTEN_PROBE_PAUSE_MS: how long a port may be */
@@ -214,6 +215,7 @@ static int
 run(const struct config *cfg)
 {
 	struct server s = {.cfg = cfg};
+	struct tls_tickets *tickets = NULL;
 	char err[512];
 	sigset_t sigs;
 	int sfd = -1, rc = 1;
@@ -228,7 +230,9 @@ run(const struct config *cfg)
 	    connlimit_new(cfg->limits_max_connections, cfg->limits_max_connections_per_ip);
 	s.shared.outbound = connlimit_new(WORKER_OUT_CONN_MAX * cfg->workers,
 	                                  cfg->outbound_max_connections_per_destination);
-	if (s.shared.inbound == NULL || s.shared.outbound == NULL) {
+	tickets = tls_tickets_new();
+	s.shared.tickets = tickets;
+	if (s.shared.inbound == NULL || s.shared.outbound == NULL || tickets == NULL) {
 		snprintf(err, sizeof(err), "out of memory");
 		goto fail;
 	}
@@ -275,6 +279,7 @@ out:
 	policy_free(s.policy);
 	connlimit_free(s.shared.inbound);
 	connlimit_free(s.shared.outbound);
+	tls_tickets_free(tickets);
 	return rc;
 }
 
@@ -343,7 +348,13 @@ main(int argc, char **argv)
 		config_free(cfg);
 		return p == NULL ? EXIT_CONFIG : 0;
 	}
+	if (tls_global_init() != 0) {
+		fprintf(stderr, "ringmx: the TLS library cannot start\n");
+		config_free(cfg);
+		return 1;
+	}
 	int rc = run(cfg);
+	tls_global_free();
 	config_free(cfg);
 	return rc;
 }

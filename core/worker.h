@@ -13,13 +13,15 @@
 #include "core/connlimit.h"
 #include "core/control.h"
 #include "core/policy.h"
+#include "tls/tls.h"
 
 #define WORKER_OUT_CONN_MAX 1024 /* outbound connections per worker */
 
 /* What the workers share, all touched only when a connection opens or closes. */
 struct worker_shared {
-	struct connlimit *inbound;  /* max_connections, max_connections_per_ip */
-	struct connlimit *outbound; /* max_connections_per_destination, over all workers */
+	struct connlimit *inbound;         /* max_connections, max_connections_per_ip */
+	struct connlimit *outbound;        /* max_connections_per_destination, over all workers */
+	const struct tls_tickets *tickets; /* session-ticket keys, read-only */
 };
 
 struct worker;
@@ -41,6 +43,10 @@ void worker_post(struct worker *w, struct control_request *r);
 
 /* Waits for the thread to end (after CONTROL_STOP) and frees the worker. */
 void worker_join(struct worker *w);
+
+/* The certificates of cfg (tls.certificate and tls.sni) as a server context; NULL with err. */
+struct tls_server *worker_tls_server(const struct config *cfg, const struct tls_tickets *tickets,
+                                     char *err, size_t err_len);
 
 /* Checks that io_uring works here with what ringmx needs; 0, or -errno with why filled. */
 int worker_probe_uring(char *why, size_t why_len);

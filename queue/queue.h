@@ -31,12 +31,14 @@ enum queue_rcpt_state {
 	QUEUE_RCPT_BOUNCED,
 };
 
+#define QUEUE_IN_FLIGHT UINT64_MAX /* next_attempt_ms of a recipient in a delivery job */
+
 struct queue_rcpt {
 	char *address;               /* "local@domain" */
 	char *params;                /* ESMTP RCPT parameters as received, "" if none */
 	enum queue_rcpt_state state; /* these four change through queue_rcpt_outcome */
 	uint32_t attempts;
-	uint64_t next_attempt_ms; /* wall clock, ms */
+	uint64_t next_attempt_ms; /* wall clock, ms; QUEUE_IN_FLIGHT while in a job */
 	char *last_error;         /* NULL if none; malloc'd, freed by queue_remove */
 };
 

@@ -254,8 +254,12 @@ config_equal(const struct config *a, const struct config *b)
 	struct config x = *a;
 	struct config y = *b;
 
-	if (a->relay_domain_count != b->relay_domain_count || a->route_count != b->route_count)
+	if (a->relay_domain_count != b->relay_domain_count || a->route_count != b->route_count ||
+	    a->tls_sni_count != b->tls_sni_count)
 		return false;
+	for (unsigned i = 0; i < a->tls_sni_count; i++)
+		if (memcmp(&a->tls_sni[i], &b->tls_sni[i], sizeof(a->tls_sni[i])) != 0)
+			return false;
 	for (unsigned i = 0; i < a->relay_domain_count; i++)
 		if (strcmp(a->relay_domains[i], b->relay_domains[i]) != 0)
 			return false;
@@ -266,6 +270,8 @@ config_equal(const struct config *a, const struct config *b)
 	memset(y.source, 0, sizeof(y.source));
 	x.relay_domains = y.relay_domains = NULL;
 	x.routes = y.routes = NULL;
+	x.tls_sni = y.tls_sni = NULL;
+	x.builtin = y.builtin = false;
 	return memcmp(&x, &y, sizeof(x)) == 0;
 }
 
@@ -285,6 +291,26 @@ test_default_commented(const char *yaml)
 	}
 	if (f)
 		fclose(f);
+}
+
+/* Loads s->dir/default.yaml from inside s->dir, with ./var/tls/{cert,key}.pem made or not. */
+static struct config *
+in_dir_with_default_tls(struct scratch *s, struct config_errors *errs, bool make)
+{
+	char cwd[512];
+	struct config *cfg;
+
+	CHECK(getcwd(cwd, sizeof(cwd)) != NULL);
+	CHECK(chdir(s->dir) == 0);
+	if (make) {
+		CHECK(mkdir("var", 0700) == 0 && mkdir("var/tls", 0700) == 0);
+		CHECK(system("touch var/tls/cert.pem var/tls/key.pem") == 0);
+	}
+	cfg = config_load("default.yaml", errs);
+	if (make)
+		CHECK(system("rm -r var") == 0);
+	CHECK(chdir(cwd) == 0);
+	return cfg;
 }
 
 static void
@@ -307,12 +333,25 @@ test_default(struct scratch *s)
 	CHECK(cfg->user[0] == '\0');
 	CHECK(cfg->log_level == CONFIG_LOG_INFO && cfg->log_format == CONFIG_LOG_TEXT);
 	CHECK(!cfg->metrics_enabled);
-	CHECK(cfg->listen_count == 1);
+	CHECK(cfg->builtin);
+	CHECK(cfg->listen_count == 3);
 	CHECK(sockaddr_is(&cfg->listen[0].address, AF_INET, "127.0.0.1", 2525));
 	CHECK(cfg->listen[0].role == CONFIG_ROLE_MX);
 	CHECK(cfg->listen[0].tls == CONFIG_TLS_MAY);
 	CHECK(cfg->listen[0].auth == CONFIG_AUTH_OFF);
-	CHECK(cfg->tls_certificate[0] == '\0' && cfg->tls_key[0] == '\0');
+	CHECK(sockaddr_is(&cfg->listen[1].address, AF_INET, "127.0.0.1", 2587));
+	CHECK(cfg->listen[1].role == CONFIG_ROLE_SUBMISSION);
+	CHECK(cfg->listen[1].tls == CONFIG_TLS_REQUIRED);
+	CHECK(cfg->listen[1].auth == CONFIG_AUTH_REQUIRED);
+	CHECK(sockaddr_is(&cfg->listen[2].address, AF_INET, "127.0.0.1", 2465));
+	CHECK(cfg->listen[2].role == CONFIG_ROLE_SUBMISSION);
+	CHECK(cfg->listen[2].tls == CONFIG_TLS_IMPLICIT);
+	CHECK(cfg->listen[2].auth == CONFIG_AUTH_REQUIRED);
+	/* relative to the working directory, like spool_dir; missing here (tests/unit) */
+	CHECK(strcmp(cfg->tls_certificate, "./var/tls/cert.pem") == 0);
+	CHECK(strcmp(cfg->tls_key, "./var/tls/key.pem") == 0);
+	CHECK(cfg->tls_sni_count == 0);
+	CHECK(config_tls_missing(cfg));
 	CHECK(cfg->relay_domain_count == 1 && strcmp(cfg->relay_domains[0], "example.test") == 0);
 	CHECK(cfg->recipient_map[0] == '\0');
 	CHECK(cfg->mynetwork_count == 2);
@@ -322,6 +361,7 @@ test_default(struct scratch *s)
 	CHECK(cfg->dns_forward_count == 0 && cfg->dns_dnssec);
 	CHECK(strcmp(cfg->dns_trust_anchor_file, "/usr/share/dns/root.key") == 0);
 	CHECK(cfg->outbound_port == 25 && cfg->outbound_tls == CONFIG_OUT_TLS_MAY);
+	CHECK(strcmp(cfg->outbound_tls_ca_file, "/etc/ssl/certs/ca-certificates.crt") == 0);
 	CHECK(cfg->outbound_max_connections_per_destination == 20);
 	CHECK(cfg->outbound_max_messages_per_connection == 100);
 	CHECK(cfg->queue_sync);
@@ -340,11 +380,20 @@ test_default(struct scratch *s)
 	CHECK(cfg->limits_max_hops == 50);
 	CHECK(cfg->limits_bare_newline == CONFIG_BARE_NEWLINE_NORMALIZE);
 
-	/* what --default-config prints, saved and loaded, is the same configuration */
-	from_file = config_load(scratch_write(s, "default.yaml", yaml), &errs);
+	/*
+	 * what --default-config prints, saved and loaded, is the same configuration; as a -c
+	 * file its certificate must exist (only the built-in default gets one made at start)
+	 */
+	scratch_write(s, "default.yaml", yaml);
+	from_file = in_dir_with_default_tls(s, &errs, false);
+	CHECK(from_file == NULL);
+	CHECK(errs.count == 2);
+	CHECK(strstr(errs.line[0], "default.yaml:21:16: tls.certificate: cannot read file: No such "
+	                           "file or directory") != NULL);
+	from_file = in_dir_with_default_tls(s, &errs, true);
 	CHECK(from_file != NULL);
 	CHECK(from_file && config_equal(cfg, from_file));
-	CHECK(from_file && strcmp(from_file->source, s->path) == 0);
+	CHECK(from_file && !from_file->builtin && !config_tls_missing(from_file));
 	config_free(from_file);
 	config_free(cfg);
 
@@ -651,14 +700,11 @@ test_tls_rules(struct scratch *s)
 	struct config_errors e;
 	struct config *cfg;
 
+	/* auth without auth.passwd_file fails closed (530 to MAIL): a -t warning, no error */
 	e = load_failing(FIXTURE("tls_rules.yaml"));
-	CHECK(e.count == 3);
+	CHECK(e.count == 1);
 	CHECK(
 	    has_error(&e, FIXTURE("tls_rules.yaml") ":5:8: tls: certificate and key go together"));
-	CHECK(has_error(&e, FIXTURE("tls_rules.yaml") ":3:72: listen[1].auth: needs "
-	                                              "auth.passwd_file"));
-	CHECK(has_error(&e, FIXTURE("tls_rules.yaml") ":4:72: listen[2].auth: needs "
-	                                              "auth.passwd_file"));
 
 	e = load_failing(scratch_write(s, "tls.yaml",
 	                               "listen:\n"
@@ -675,6 +721,169 @@ test_tls_rules(struct scratch *s)
 	    &e);
 	CHECK(cfg != NULL && cfg->listen[0].tls == CONFIG_TLS_MAY);
 	config_free(cfg);
+}
+
+#define TLS_PAIR                                                                                   \
+	"tls: { certificate: ../fixtures/config/full.yaml, key: ../fixtures/config/full.json"
+
+static void
+test_sni(struct scratch *s)
+{
+	struct config_errors e;
+	struct config *cfg;
+	char *text;
+	size_t len;
+
+	cfg = load_ok(scratch_write(
+	    s, "sni.yaml",
+	    TLS_PAIR ",\n"
+	             "  sni: { Mx.Other.TEST.: { certificate: ../fixtures/config/off.yaml,"
+	             " key: ../fixtures/config/full.yaml },\n"
+	             "         b.example: { certificate: ../fixtures/config/full.json,"
+	             " key: ../fixtures/config/full.json } } }\n"));
+	CHECK(cfg && cfg->tls_sni_count == 2);
+	if (cfg && cfg->tls_sni_count == 2) {
+		/* names lower-cased, without the trailing dot; file order kept */
+		CHECK(strcmp(cfg->tls_sni[0].name, "mx.other.test") == 0);
+		CHECK(strcmp(cfg->tls_sni[0].certificate, FIXTURE("off.yaml")) == 0);
+		CHECK(strcmp(cfg->tls_sni[0].key, FIXTURE("full.yaml")) == 0);
+		CHECK(strcmp(cfg->tls_sni[1].name, "b.example") == 0);
+	}
+	config_free(cfg);
+
+	e = load_failing(scratch_write(
+	    s, "sni_bad.yaml",
+	    TLS_PAIR
+	    ",\n"
+	    "  sni: { a.example: { certificate: /nonexistent.pem, key: /nonexistent.key },\n"
+	    "         \"*.example\": { certificate: x, key: y },\n"
+	    "         b.example: { certificate: ../fixtures/config/off.yaml, key: "
+	    "../fixtures/config/off.yaml },\n"
+	    "         B.Example: { certificate: x, key: y },\n"
+	    "         c.example: { certificate: ../fixtures/config/off.yaml },\n"
+	    "         d.example: { chain: z },\n"
+	    "         e.example: ../fixtures/config/off.yaml } }\n"));
+	CHECK(e.count == 7);
+	CHECK(strstr(e.line[0], ":2:36: tls.sni.a.example.certificate: cannot read file") != NULL);
+	CHECK(strstr(e.line[1], ":2:59: tls.sni.a.example.key: cannot read file") != NULL);
+	CHECK(strstr(e.line[2], ":3:10: tls.sni.*.example: bad server name \"*.example\" (want an "
+	                        "exact host name)") != NULL);
+	CHECK(strstr(e.line[3], ":5:10: tls.sni.B.Example: duplicate server name \"b.example\"") !=
+	      NULL);
+	CHECK(strstr(e.line[4], ":6:23: tls.sni.c.example: needs certificate and key") != NULL);
+	CHECK(strstr(e.line[5], ":7:23: tls.sni.d.example.chain: unknown key \"chain\"") != NULL);
+	CHECK(strstr(e.line[6], ":8:21: tls.sni.e.example: expected { certificate: FILE, key: FILE "
+	                        "}") != NULL);
+
+	/* the default certificate is what clients without SNI (or another name) get */
+	e = load_failing(
+	    scratch_write(s, "sni_alone.yaml",
+	                  "tls: { sni: { a.example: { certificate: "
+	                  "../fixtures/config/off.yaml, key: ../fixtures/config/off.yaml"
+	                  " } } }\n"));
+	CHECK(e.count == 1);
+	CHECK(strstr(e.line[0], ":1:15: tls.sni: needs tls.certificate and tls.key") != NULL);
+
+	/* CONFIG_SNI_MAX names fit, one more does not */
+	text = malloc(16384);
+	CHECK(text != NULL);
+	if (text == NULL)
+		return;
+	for (unsigned n = CONFIG_SNI_MAX; n <= CONFIG_SNI_MAX + 1; n++) {
+		len = (size_t)snprintf(text, 16384, TLS_PAIR ",\n  sni: {\n");
+		for (unsigned i = 0; i < n; i++)
+			len +=
+			    (size_t)snprintf(text + len, 16384 - len,
+			                     "    n%u.example: { certificate: ../fixtures/config/"
+			                     "off.yaml, key: ../fixtures/config/off.yaml },\n",
+			                     i);
+		snprintf(text + len, 16384 - len, "  } }\n");
+		cfg = config_load(scratch_write(s, "sni_max.yaml", text), &e);
+		if (n == CONFIG_SNI_MAX) {
+			CHECK(cfg != NULL && cfg->tls_sni_count == CONFIG_SNI_MAX);
+		} else {
+			CHECK(cfg == NULL && e.count == 1);
+			CHECK(strstr(e.line[0], "tls.sni: too many entries (65, max 64)") != NULL);
+		}
+		config_free(cfg);
+	}
+	free(text);
+}
+
+static void
+test_route_tls(struct scratch *s)
+{
+	struct config_errors e;
+	struct config *cfg;
+
+	cfg = load_ok(scratch_write(s, "route_tls.yaml",
+	                            "outbound: { tls: encrypt }\n"
+	                            "routes:\n"
+	                            "  a.example: { nexthop: \"[10.0.0.5]:2525\", tls: verify }\n"
+	                            "  b.example: { tls: dane }\n"
+	                            "  c.example: { nexthop: smarthost.example }\n"
+	                            "  d.example: \"[10.0.0.6]\"\n"
+	                            "  \"*\": { tls: none }\n"));
+	CHECK(cfg && cfg->route_count == 5);
+	if (cfg && cfg->route_count == 5) {
+		/* sorted: "*", a, b, c, d */
+		CHECK(cfg->routes[0].kind == CONFIG_ROUTE_MX && cfg->routes[0].tls_set);
+		CHECK(config_route_tls(cfg, &cfg->routes[0]) == CONFIG_OUT_TLS_NONE);
+		CHECK(cfg->routes[1].kind == CONFIG_ROUTE_HOST && cfg->routes[1].port == 2525);
+		CHECK(strcmp(cfg->routes[1].host, "10.0.0.5") == 0);
+		CHECK(config_route_tls(cfg, &cfg->routes[1]) == CONFIG_OUT_TLS_VERIFY);
+		CHECK(cfg->routes[2].kind == CONFIG_ROUTE_MX);
+		CHECK(config_route_tls(cfg, &cfg->routes[2]) == CONFIG_OUT_TLS_DANE);
+		CHECK(cfg->routes[3].kind == CONFIG_ROUTE_HOST_MX && !cfg->routes[3].tls_set);
+		CHECK(strcmp(cfg->routes[3].host, "smarthost.example") == 0);
+		CHECK(config_route_tls(cfg, &cfg->routes[3]) == CONFIG_OUT_TLS_ENCRYPT);
+		CHECK(!cfg->routes[4].tls_set);
+		CHECK(config_route_tls(cfg, &cfg->routes[4]) == CONFIG_OUT_TLS_ENCRYPT);
+	}
+	config_free(cfg);
+
+	e = load_failing(scratch_write(s, "route_tls_bad.yaml",
+	                               "routes:\n"
+	                               "  a.example: { nexthop: \"[10.0.0.5\", tls: verify }\n"
+	                               "  b.example: { tls: always }\n"
+	                               "  c.example: { via: mx }\n"
+	                               "  d.example: [ mx ]\n"));
+	CHECK(e.count == 4);
+	CHECK(strstr(e.line[0], ":2:25: routes.a.example.nexthop: bad next hop \"[10.0.0.5\"") !=
+	      NULL);
+	CHECK(strstr(e.line[1], ":3:21: routes.b.example.tls: bad value \"always\" (want one of: "
+	                        "none, may, encrypt, dane, verify)") != NULL);
+	CHECK(strstr(e.line[2], ":4:16: routes.c.example.via: unknown key \"via\"") != NULL);
+	CHECK(strstr(e.line[3], ":5:16: routes.d.example: expected a route") != NULL);
+}
+
+/* outbound.tls_ca_file: the CA bundle `verify` needs, default or set. */
+static void
+test_ca_file(struct scratch *s)
+{
+	struct config_errors e;
+	struct config *cfg;
+
+	cfg = load_ok(
+	    scratch_write(s, "ca.yaml",
+	                  "outbound: { tls: verify, tls_ca_file: ../fixtures/config/off.yaml"
+	                  " }\n"));
+	CHECK(cfg && strcmp(cfg->outbound_tls_ca_file, FIXTURE("off.yaml")) == 0);
+	config_free(cfg);
+	/* unread unless verify is used: may and dane never need it */
+	cfg = load_ok(scratch_write(s, "ca_unused.yaml", "outbound: { tls_ca_file: \"\" }\n"));
+	config_free(cfg);
+
+	e = load_failing(scratch_write(
+	    s, "ca_bad.yaml", "outbound: { tls: dane, tls_ca_file: /nonexistent/ca.pem }\n"));
+	CHECK(e.count == 1);
+	CHECK(strstr(e.line[0], ":1:37: outbound.tls_ca_file: cannot read file") != NULL);
+	e = load_failing(scratch_write(s, "ca_empty.yaml",
+	                               "outbound: { tls_ca_file: \"\" }\n"
+	                               "routes: { a.example: { tls: verify } }\n"));
+	CHECK(e.count == 1);
+	CHECK(strstr(e.line[0], ":1:26: outbound.tls_ca_file: tls: verify needs a CA bundle") !=
+	      NULL);
 }
 
 /* A list key filled up to a count, to test its named limit. */
@@ -923,6 +1132,9 @@ main(void)
 	test_more_errors(&s);
 	test_off_is_a_string();
 	test_tls_rules(&s);
+	test_sni(&s);
+	test_route_tls(&s);
+	test_ca_file(&s);
 	test_limits(&s);
 	test_routes_limit(&s);
 	test_check_spool(&s);

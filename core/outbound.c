@@ -1,5 +1,5 @@
 /*
- * worker_out.c -- outbound delivery inside a worker: scheduling queued recipients
+ * outbound.c -- outbound delivery inside a worker: scheduling queued recipients
  * onto destinations, outbound connections driven by the pure smtp_client engine,
  * per-recipient outcomes (journaled), retries and bounces.
  */
@@ -55,7 +55,7 @@ out_init(struct worker *w)
 	if (w->sched == NULL || w->oconns == NULL || w->ofree == NULL)
 		return -ENOMEM;
 	for (unsigned i = 0; i < OUT_CONN_MAX; i++) {
-		w->oconns[i].fd = -1;
+		w->oconns[i].t.fd = -1;
 		w->ofree[i] = OUT_CONN_MAX - 1 - i;
 	}
 	w->ofree_count = OUT_CONN_MAX;
@@ -85,8 +85,10 @@ out_free(struct worker *w)
 {
 	for (unsigned i = 0; w->oconns != NULL && i < OUT_CONN_MAX; i++) {
 		struct oconn *oc = &w->oconns[i];
-		if (oc->fd >= 0)
-			close(oc->fd);
+		if (oc->t.fd >= 0)
+			close(oc->t.fd);
+		tls_conn_free(oc->t.tls);
+		free(oc->t.out);
 		smtp_client_free(oc->smtp);
 		for (unsigned k = 0; k < OUT_TXN_WINDOW; k++)
 			out_txn_free(&oc->txns[k]);
@@ -141,6 +143,7 @@ struct out_result {
 	const char *text;   /* the reply line(s) */
 	const char *relay;  /* the next hop's name (Remote-MTA), NULL when none was reached */
 	const char *addr;   /* its address and port, NULL likewise */
+	const char *tls;    /* how the session was secured: none, anonymous, trusted, ... */
 };
 
 /* "550 5.1.1 text" -> "5.1.1"; else the class's generic status. */
@@ -172,24 +175,11 @@ out_log_outcome(struct worker *w, const struct queue_message *m, const struct qu
 	log_str(l, "dsn", res->status != NULL && res->status[0] ? res->status : status);
 	log_str(l, "relay", res->relay);
 	log_str(l, "addr", res->addr);
+	log_str(l, "tls", res->tls != NULL ? res->tls : "none");
 	log_str(l, "reply", reply);
 	log_uint(l, "delay_s", (w->wall_ms - m->arrival_ms) / 1000);
 	log_uint(l, "attempt", r->attempts);
 	log_end(l);
-}
-
-/* Journals the outcome (no sync of its own: a crash may repeat a delivery, never lose one). */
-static void
-out_record(struct worker *w, const struct queue_message *m, enum journal_rec_type type,
-           const unsigned *idx, unsigned n, uint32_t attempts, uint64_t next_ms, const char *error)
-{
-	uint8_t scratch[OUT_RECORD_SCRATCH];
-	struct iovec iov[2];
-
-	int k = queue_record_encode_outcome(m->id, type, idx, n, attempts, next_ms, error, scratch,
-	                                    sizeof(scratch), iov);
-	if (k > 0)
-		worker_journal_record(w, type, iov, (unsigned)k);
 }
 
 static enum out_outcome
@@ -217,7 +207,7 @@ out_apply(struct worker *w, struct queue_message *m, const struct out_result *re
 	static const enum journal_rec_type types[] = {JOURNAL_REC_DELIVERED, JOURNAL_REC_DEFERRED,
 	                                              JOURNAL_REC_BOUNCED};
 	uint64_t next = o == OUT_DEFERRED ? w->wall_ms + out_retry_ms(w, attempts) : 0;
-	out_record(w, m, types[o], &res->idx, 1, attempts, next, error);
+	store_outcome(w->store, m, types[o], &res->idx, 1, attempts, next, error);
 	queue_rcpt_outcome(w->queue, m, res->idx, states[o], attempts, next, error);
 	out_log_outcome(w, m, r, o, res, error);
 	if (o == OUT_DEFERRED)
@@ -269,23 +259,6 @@ out_notify(const char *rcpt_params, const char *what)
 	return false;
 }
 
-/* The message bytes: in memory, or read back from the journal into *owned. */
-static const uint8_t *
-out_body(struct worker *w, const struct queue_message *m, uint8_t **owned)
-{
-	*owned = NULL;
-	if (m->body != NULL)
-		return m->body;
-	uint8_t *rec = malloc(m->loc.length);
-	if (rec == NULL || m->loc.length < m->body_len ||
-	    journal_read(w->journal, &m->loc, rec, m->loc.length) != 0) {
-		free(rec);
-		return NULL;
-	}
-	*owned = rec;
-	return rec + m->loc.length - m->body_len;
-}
-
 /*
  * Sends a delivery status notification for the bounced recipients to the sender,
  * as a new message from <> (RFC 3464). A bounce is never bounced: a message from
@@ -302,7 +275,7 @@ out_bounce(struct worker *w, const struct queue_message *m, const struct dsn_rcp
 		return;
 	}
 	uint8_t *owned;
-	const uint8_t *body = out_body(w, m, &owned);
+	const uint8_t *body = store_body(w->store, m, &owned);
 	char ret[8], envid_x[SMTP_CLIENT_ENVID_MAX * 3 + 1], envid[SMTP_CLIENT_ENVID_MAX + 1];
 	bool has_envid = out_param(m->sender_params, "ENVID", envid_x, sizeof(envid_x)) &&
 	                 address_xtext_decode(envid_x, strlen(envid_x), envid, sizeof(envid)) >= 0;
@@ -357,7 +330,7 @@ out_bounce(struct worker *w, const struct queue_message *m, const struct dsn_rcp
 	};
 	int64_t batch;
 	struct queue_message *b =
-	    worker_store_message(w, id, &qe, (const uint8_t *)sb.data, sb.len, &batch);
+	    store_message(w->store, id, &qe, (const uint8_t *)sb.data, sb.len, &batch);
 	strbuf_free(&sb);
 	struct log_line *l = log_begin(CONFIG_LOG_INFO, m->id_text, "bounce");
 	log_str(l, "dsn_id", b != NULL ? id_text : "none (queue full)");
@@ -368,26 +341,13 @@ out_bounce(struct worker *w, const struct queue_message *m, const struct dsn_rcp
 		out_schedule(w, b);
 }
 
-/* The message leaves the queue and, by its DELETED record, the journal. */
-static void
-out_remove(struct worker *w, struct queue_message *m)
-{
-	uint8_t rec[64];
-	struct iovec iov[2];
-	int k = queue_record_encode_deleted(m->id, rec, sizeof(rec), iov);
-
-	if (k > 0)
-		worker_journal_record(w, JOURNAL_REC_DELETED, iov, (unsigned)k);
-	worker_queue_remove(w, m);
-}
-
 /* A message with no pending recipient leaves the queue (and, by its DELETED record, the journal).
  */
 static void
 out_finish(struct worker *w, struct queue_message *m)
 {
 	if (queue_message_finished(m))
-		out_remove(w, m);
+		store_delete(w->store, m);
 }
 
 /*
@@ -590,7 +550,7 @@ out_delete(struct worker *w, struct queue_message *m)
 		if (m->rcpts[i].next_attempt_ms == QUEUE_IN_FLIGHT)
 			return -EBUSY;
 	}
-	out_remove(w, m);
+	store_delete(w->store, m);
 	return 0;
 }
 
@@ -598,13 +558,7 @@ out_delete(struct worker *w, struct queue_message *m)
 void
 out_hold(struct worker *w, struct queue_message *m, bool held)
 {
-	uint8_t rec[64];
-	struct iovec iov[2];
-	int k = queue_record_encode_hold(m->id, held, rec, sizeof(rec), iov);
-
-	if (k > 0)
-		worker_journal_record(w, JOURNAL_REC_HOLD, iov, (unsigned)k);
-	queue_hold(w->queue, m, held);
+	store_hold(w->store, m, held);
 	if (!held)
 		out_schedule(w, m);
 }
@@ -614,17 +568,32 @@ out_hold(struct worker *w, struct queue_message *m, bool held)
 static void out_event(struct worker *w, struct oconn *oc, const struct smtp_client_event *ev);
 static void out_flush(struct worker *w, struct oconn *oc);
 
+/* The socket goes (its pending receive ends with it); so does its TLS session. */
+static void
+out_drop_socket(struct oconn *oc)
+{
+	if (oc->t.fd >= 0) {
+		shutdown(oc->t.fd, SHUT_RDWR);
+		close(oc->t.fd);
+		oc->t.fd = -1;
+	}
+	tls_conn_free(oc->t.tls);
+	oc->t.tls = NULL;
+	oc->t.handshaking = false;
+}
+
 static void
 oconn_release(struct worker *w, struct oconn *oc)
 {
-	assert(oc->inflight == 0);
+	assert(oc->t.inflight == 0);
 	assert(oc->txn_count == 0 && oc->held == NULL);
 	smtp_client_free(oc->smtp);
 	for (unsigned k = 0; k < OUT_TXN_WINDOW; k++)
 		out_txn_free(&oc->txns[k]);
 	free(oc->stash);
+	transport_reset(&oc->t);
 	uint32_t gen = oc->gen + 1;
-	*oc = (struct oconn){.fd = -1, .gen = gen};
+	*oc = (struct oconn){.t.fd = -1, .gen = gen};
 	w->ofree[w->ofree_count++] = oconn_slot(w, oc);
 }
 
@@ -665,11 +634,7 @@ oconn_close(struct worker *w, struct oconn *oc, const char *text)
 		oc->held = job->next;
 		out_fail_job(w, job, 451, text, oc->peer_text);
 	}
-	if (oc->fd >= 0) {
-		shutdown(oc->fd, SHUT_RDWR);
-		close(oc->fd);
-		oc->fd = -1;
-	}
+	out_drop_socket(oc);
 	struct sched_dest *d = oc->dest;
 	d->active--;
 	if (!oc->session_ok)
@@ -677,37 +642,46 @@ oconn_close(struct worker *w, struct oconn *oc, const char *text)
 	connlimit_release_name(w->dest_limits, d->route.key);
 	if (d->jobs > 0)
 		sched_runnable_put(w->sched, d);
-	if (oc->inflight == 0)
+	if (oc->t.inflight == 0)
 		oconn_release(w, oc);
 }
 
 static void
 oconn_op_done(struct worker *w, struct oconn *oc)
 {
-	assert(oc->inflight > 0);
-	if (--oc->inflight == 0 && oc->closing)
+	assert(oc->t.inflight > 0);
+	if (--oc->t.inflight == 0 && oc->closing)
 		oconn_release(w, oc);
 }
 
-static void
-out_arm_recv(struct worker *w, struct oconn *oc)
+/* The destination's TLS policy as the engine sees it: STARTTLS when offered, or required. */
+static enum smtp_client_tls_mode
+out_tls_mode(const struct worker *w, const struct oconn *oc)
 {
-	struct io_uring_sqe *sqe = worker_sqe(w);
-
-	io_uring_prep_recv_multishot(sqe, oc->fd, NULL, 0, 0);
-	sqe->flags |= IOSQE_BUFFER_SELECT;
-	sqe->buf_group = WORKER_BUF_GROUP;
-	io_uring_sqe_set_data64(sqe, ud_pack(OP_OUT_RECV, oc->gen, oconn_slot(w, oc)));
-	oc->recv_armed = true;
-	oc->inflight++;
+	if (w->tls_client == NULL || oc->plain_addr == (int)oc->addr_next)
+		return SMTP_CLIENT_TLS_NONE;
+	switch (oc->tls_policy) {
+	case CONFIG_OUT_TLS_NONE:
+		return SMTP_CLIENT_TLS_NONE;
+	case CONFIG_OUT_TLS_MAY:
+		return SMTP_CLIENT_TLS_MAY;
+	case CONFIG_OUT_TLS_DANE: /* secure TLSA records make TLS mandatory, even unusable ones */
+		return oc->tlsa_secure && oc->tlsa_host == oc->addr_host[oc->addr_next]
+		           ? SMTP_CLIENT_TLS_REQUIRED
+		           : SMTP_CLIENT_TLS_MAY;
+	case CONFIG_OUT_TLS_ENCRYPT:
+	case CONFIG_OUT_TLS_VERIFY:
+		break;
+	}
+	return SMTP_CLIENT_TLS_REQUIRED;
 }
 
 static struct smtp_client *
-out_client_new(const struct worker *w)
+out_client_new(const struct worker *w, const struct oconn *oc)
 {
 	struct smtp_client_params p = {
 	    .helo_name = w->cfg->hostname,
-	    .tls_mode = SMTP_CLIENT_TLS_NONE, /* STARTTLS comes with the TLS issue */
+	    .tls_mode = out_tls_mode(w, oc),
 	    .reply_line_max = SMTP_CLIENT_REPLY_LINE_CAP,
 	    .reply_lines_max = 100,
 	    .rcpt_count_max = w->cfg->limits_max_recipients,
@@ -718,18 +692,79 @@ out_client_new(const struct worker *w)
 	return smtp_client_new(&p);
 }
 
+static void out_conn_failed(struct worker *w, struct oconn *oc, const char *why);
+
+/*
+ * DANE (RFC 7672) for the host of the next address: its TLSA records, looked up
+ * once per host before connecting. Secure records make TLS mandatory and say how
+ * the certificate must match; none (or an insecure answer) leaves TLS
+ * opportunistic; an answer that can't be trusted (bogus, failed) defers that
+ * host: we don't connect to it at all, as a downgrade could be what an attacker wants.
+ */
+static void
+out_tlsa_done(void *arg, const struct dns_tlsa_result *r)
+{
+	struct oconn *oc = arg;
+	struct worker *w = oc->w;
+	unsigned host = oc->addr_host[oc->addr_next];
+
+	oc->dns_id = 0;
+	oc->tlsa_host = (int)host;
+	oc->tlsa_count = 0;
+	oc->tlsa_secure = r->status == DNS_OK && r->security == DNS_SECURE && r->count > 0;
+	if (oc->tlsa_secure) {
+		oc->tlsa_count = r->count;
+		memcpy(oc->tlsa, r->records, r->count * sizeof(r->records[0]));
+	} else if (r->security == DNS_BOGUS || r->status == DNS_TEMPFAIL) {
+		struct log_line *l = log_begin(CONFIG_LOG_WARNING, NULL, "tlsa-failed");
+		log_str(l, "dest", oc->dest->route.key);
+		log_str(l, "host", oc->hosts[host]);
+		log_str(l, "dnssec", dns_security_name(r->security));
+		log_str(l, "reason", r->reason);
+		log_end(l);
+		while (oc->addr_next < oc->addr_count && oc->addr_host[oc->addr_next] == host)
+			oc->addr_next++;
+		snprintf(oc->tlsa_error, sizeof(oc->tlsa_error), "%s",
+		         r->reason[0] ? r->reason : "451 4.7.5 TLSA lookup failed");
+	}
+	/* connects to the next address, or gives up with the reason */
+	out_conn_failed(w, oc, oc->tlsa_error[0] ? oc->tlsa_error : "no address left");
+}
+
+/* True when the next address needs its host's TLSA records first (and the lookup started). */
+static bool
+out_tlsa_needed(struct worker *w, struct oconn *oc)
+{
+	unsigned host = oc->addr_host[oc->addr_next];
+
+	if (oc->tls_policy != CONFIG_OUT_TLS_DANE || oc->security != DNS_SECURE ||
+	    oc->tlsa_host == (int)host || w->tls_client == NULL)
+		return false;
+	int id = dns_resolve_tlsa(w->dns, oc->hosts[host], oc->dest->route.port, out_tlsa_done, oc);
+	if (id < 0)
+		return false;
+	oc->dns_id = id;
+	oc->deadline_ms = w->now_ms + OUT_CONNECT_TIMEOUT_MS;
+	return true;
+}
+
 /* Connects to the next address of the connection; false when none is left. */
 static bool
 out_connect(struct worker *w, struct oconn *oc)
 {
 	while (oc->addr_next < oc->addr_count) {
-		const struct sockaddr_storage *ss = &oc->addrs[oc->addr_next++];
+		if (out_tlsa_needed(w, oc))
+			return true;
+		const struct sockaddr_storage *ss = &oc->addrs[oc->addr_next];
 		int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-		if (fd < 0)
+		if (fd < 0) {
+			oc->addr_next++;
 			continue;
+		}
 		/* every address gets a session of its own: the last one may have ended mid-way */
 		smtp_client_free(oc->smtp);
-		oc->smtp = out_client_new(w);
+		oc->smtp = out_client_new(w, oc);
+		oc->addr_next++;
 		if (oc->smtp == NULL) {
 			close(fd);
 			return false;
@@ -737,17 +772,17 @@ out_connect(struct worker *w, struct oconn *oc)
 		int one = 1;
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		oc->gen++;
-		oc->recv_armed = oc->send_busy = false;
+		transport_init(&oc->t, fd, oc->gen, oconn_slot(w, oc), OP_OUT_RECV, OP_OUT_SEND);
 		oc->stash_len = 0;
-		oc->fd = fd;
+		oc->tls_auth = NULL;
 		oc->connecting = true;
-		worker_addr_text(ss, true, oc->peer_text, sizeof(oc->peer_text));
-		struct io_uring_sqe *sqe = worker_sqe(w);
+		transport_addr_text(ss, true, oc->peer_text, sizeof(oc->peer_text));
+		struct io_uring_sqe *sqe = ring_sqe(&w->io.ring);
 		io_uring_prep_connect(sqe, fd, (const struct sockaddr *)ss,
 		                      ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
 		                                                : sizeof(struct sockaddr_in));
 		io_uring_sqe_set_data64(sqe, ud_pack(OP_OUT_CONNECT, oc->gen, oconn_slot(w, oc)));
-		oc->inflight++;
+		oc->t.inflight++;
 		oc->deadline_ms = w->now_ms + OUT_CONNECT_TIMEOUT_MS;
 		return true;
 	}
@@ -876,7 +911,7 @@ out_dns_setup(struct worker *w, char *err, size_t err_len)
 	w->dns = dns_new(&p, err, err_len);
 	if (w->dns == NULL)
 		return -EINVAL;
-	struct io_uring_sqe *sqe = worker_sqe(w);
+	struct io_uring_sqe *sqe = ring_sqe(&w->io.ring);
 	io_uring_prep_poll_multishot(sqe, dns_fd(w->dns), POLLIN);
 	io_uring_sqe_set_data64(sqe, ud_pack(OP_DNS, 0, 0));
 	return 0;
@@ -927,6 +962,9 @@ out_open(struct worker *w, struct sched_dest *d)
 	d->active++;
 	d->opening++;
 	oc->w = w;
+	oc->tls_policy = w->cfg->outbound_tls;
+	oc->plain_addr = -1;
+	oc->tlsa_host = -1;
 	if (d->route.kind == CONFIG_ROUTE_HOST &&
 	    out_literal(&d->route, d->route.port, &oc->addrs[0])) {
 		snprintf(oc->hosts[0], sizeof(oc->hosts[0]), "%s", d->route.host);
@@ -958,11 +996,7 @@ out_conn_failed(struct worker *w, struct oconn *oc, const char *why)
 	struct sched_dest *d = oc->dest;
 
 	snprintf(text, sizeof(text), "451 4.4.1 %s: %s", oc->peer_text, why);
-	if (oc->fd >= 0) {
-		shutdown(oc->fd, SHUT_RDWR); /* ends its pending receive */
-		close(oc->fd);
-		oc->fd = -1;
-	}
+	out_drop_socket(oc);
 	oc->connecting = false;
 	if (!oc->session_ok && oc->txn_count == 0 && out_connect(w, oc))
 		return;
@@ -1014,34 +1048,169 @@ out_feed(struct worker *w, struct oconn *oc, const uint8_t *in, size_t len)
 		out_flush(w, oc);
 }
 
+/* Under TLS the engine's output is encrypted now, so it counts as sent at once. */
+static void
+out_flush_tls(struct worker *w, struct oconn *oc)
+{
+	struct iovec iov[TRANSPORT_IOV_MAX];
+
+	while (smtp_client_output_pending(oc->smtp)) {
+		unsigned n = smtp_client_output(oc->smtp, iov, TRANSPORT_IOV_MAX);
+		size_t took = 0, k = 0;
+		for (unsigned i = 0; i < n; i++) {
+			k = transport_write(&oc->t, iov[i].iov_base, iov[i].iov_len);
+			took += k;
+			if (k < iov[i].iov_len)
+				break;
+		}
+		smtp_client_output_consume(oc->smtp, took);
+		if (took == 0 || k < iov[n - 1].iov_len)
+			break; /* the ciphertext buffer is full, or the handshake runs */
+	}
+	transport_flush(&w->io, &oc->t);
+}
+
 static void
 out_flush(struct worker *w, struct oconn *oc)
 {
-	if (oc->send_busy || oc->fd < 0 || oc->connecting || !smtp_client_output_pending(oc->smtp))
+	if (transport_busy(&oc->t) || oc->t.fd < 0 || oc->connecting)
 		return;
-	unsigned n = smtp_client_output(oc->smtp, oc->iov, OUT_IOV_MAX);
-	oc->mh = (struct msghdr){.msg_iov = oc->iov, .msg_iovlen = n};
-	struct io_uring_sqe *sqe = worker_sqe(w);
-	io_uring_prep_sendmsg(sqe, oc->fd, &oc->mh, MSG_NOSIGNAL);
-	io_uring_sqe_set_data64(sqe, ud_pack(OP_OUT_SEND, oc->gen, oconn_slot(w, oc)));
-	oc->send_busy = true;
-	oc->inflight++;
+	if (oc->t.tls != NULL) {
+		out_flush_tls(w, oc);
+	} else if (smtp_client_output_pending(oc->smtp)) {
+		struct iovec iov[TRANSPORT_IOV_MAX];
+		unsigned n = smtp_client_output(oc->smtp, iov, TRANSPORT_IOV_MAX);
+		transport_sendv(&w->io, &oc->t, iov, n);
+	} else {
+		return;
+	}
 	oc->deadline_ms = w->now_ms + OUT_REPLY_TIMEOUT_MS;
+}
+
+/* The name the peer's certificate should carry: the MX host (or the route's host). */
+static const char *
+out_peer_name(const struct oconn *oc)
+{
+	return oc->addr_next > 0 ? oc->hosts[oc->addr_host[oc->addr_next - 1]]
+	                         : oc->dest->route.host;
+}
+
+/*
+ * A handshake that failed: under `may` the same address is tried again at once
+ * without TLS (as Postfix does: encryption was only ever opportunistic); any other
+ * policy defers the mail for that address.
+ */
+static void
+out_tls_failed(struct worker *w, struct oconn *oc)
+{
+	struct smtp_client_event ev;
+	bool plain = out_tls_mode(w, oc) == SMTP_CLIENT_TLS_MAY;
+
+	w->stats.tls_out_failures++;
+	struct log_line *l = log_begin(CONFIG_LOG_WARNING, NULL, "tls-failed");
+	log_str(l, "dest", oc->dest->route.key);
+	log_str(l, "addr", oc->peer_text);
+	log_str(l, "reason", oc->t.error != NULL ? oc->t.error : "handshake failed");
+	log_str(l, "then", plain ? "plaintext" : "deferred");
+	log_end(l);
+	if (plain) {
+		oc->addr_next--;
+		oc->plain_addr = (int)oc->addr_next;
+	}
+	smtp_client_abort(oc->smtp, SMTP_CLIENT_ABORT_TLS, &ev);
+	out_event(w, oc, &ev);
+}
+
+/* The 220 to our STARTTLS came: the handshake starts (anything after the 220 was dropped). */
+static void
+out_starttls(struct worker *w, struct oconn *oc)
+{
+	enum tls_verify verify = TLS_VERIFY_NONE;
+	struct tls_dane_record dane[DNS_TLSA_MAX];
+	unsigned ndane = 0;
+
+	if (oc->tls_policy == CONFIG_OUT_TLS_VERIFY)
+		verify = TLS_VERIFY_CHAIN;
+	if (oc->tls_policy == CONFIG_OUT_TLS_DANE && oc->tlsa_secure &&
+	    oc->tlsa_host == oc->addr_host[oc->addr_next - 1]) {
+		for (unsigned i = 0; i < oc->tlsa_count; i++) {
+			const struct dns_tlsa *t = &oc->tlsa[i];
+			dane[ndane] = (struct tls_dane_record){.usage = t->usage,
+			                                       .selector = t->selector,
+			                                       .mtype = t->mtype,
+			                                       .len = t->data_len};
+			memcpy(dane[ndane++].data, t->data, t->data_len);
+		}
+		verify = TLS_VERIFY_DANE;
+	}
+	struct tls_client_params p = {
+	    .server_name = out_peer_name(oc),
+	    .session_key = oc->peer_text,
+	    .verify = verify,
+	    .dane = dane,
+	    .dane_count = ndane,
+	};
+	struct tls_conn *tls = tls_conn_client(w->tls_client, &p);
+	if (tls == NULL) {
+		struct smtp_client_event ev;
+		smtp_client_abort(oc->smtp, SMTP_CLIENT_ABORT_TLS, &ev);
+		out_event(w, oc, &ev);
+		return;
+	}
+	transport_start_tls(&w->io, &oc->t, tls);
+	oc->deadline_ms = w->now_ms + TLS_HANDSHAKE_TIMEOUT_MS;
+	if (oc->t.error != NULL)
+		out_tls_failed(w, oc);
+}
+
+static void
+out_ev_secured(void *owner)
+{
+	struct oconn *oc = owner;
+	struct worker *w = oc->w;
+	char text[96];
+
+	oc->tls_auth = tls_auth_name(tls_conn_auth(oc->t.tls));
+	w->stats.tls_out_handshakes++;
+	transport_tls_text(&oc->t, text, sizeof(text));
+	struct log_line *l = log_begin(CONFIG_LOG_DEBUG, NULL, "tls-out");
+	log_str(l, "dest", oc->dest->route.key);
+	log_str(l, "addr", oc->peer_text);
+	log_str(l, "tls", text);
+	log_str(l, "auth", oc->tls_auth);
+	log_str(l, "resumed", tls_conn_resumed(oc->t.tls) ? "yes" : "no");
+	log_end(l);
+	oc->deadline_ms = w->now_ms + OUT_REPLY_TIMEOUT_MS;
+	smtp_client_tls_done(oc->smtp);
+	out_flush(w, oc);
+}
+
+static void
+out_lost(struct worker *w, struct oconn *oc)
+{
+	struct smtp_client_event ev;
+
+	if (oc->t.handshaking) {
+		out_tls_failed(w, oc);
+		return;
+	}
+	smtp_client_abort(oc->smtp, SMTP_CLIENT_ABORT_LOST, &ev);
+	out_event(w, oc, &ev);
 }
 
 static void
 out_on_send(struct worker *w, struct oconn *oc, int res)
 {
-	oc->send_busy = false;
+	ssize_t sent = transport_on_send(&w->io, &oc->t, res);
+
 	if (oc->closing)
 		return;
-	if (res < 0) {
-		struct smtp_client_event ev;
-		smtp_client_abort(oc->smtp, SMTP_CLIENT_ABORT_LOST, &ev);
-		out_event(w, oc, &ev);
+	if (sent < 0) {
+		out_lost(w, oc);
 		return;
 	}
-	smtp_client_output_consume(oc->smtp, (size_t)res);
+	if (sent > 0)
+		smtp_client_output_consume(oc->smtp, (size_t)sent);
 	if (!smtp_client_input_blocked(oc->smtp) && oc->stash_len > 0) {
 		uint8_t *held = oc->stash;
 		size_t len = oc->stash_len;
@@ -1065,31 +1234,38 @@ out_on_connect(struct worker *w, struct oconn *oc, int res)
 		return;
 	}
 	oc->deadline_ms = w->now_ms + OUT_REPLY_TIMEOUT_MS;
-	out_arm_recv(w, oc);
+	transport_arm_recv(&w->io, &oc->t);
 }
 
 static void
-out_on_recv(struct worker *w, struct oconn *oc, uint64_t ud, int res, unsigned flags)
+out_ev_input(void *owner, const uint8_t *in, size_t len)
 {
-	if (flags & IORING_CQE_F_BUFFER) {
-		unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
-		if (res > 0 && !oc->closing)
-			out_feed(w, oc, worker_buffer(w, bid), (size_t)res);
-		worker_return_buffer(w, bid);
-	}
-	/* what was fed may have given up this socket for the next address */
-	if ((flags & IORING_CQE_F_MORE) || !oconn_current(oc, ud))
-		return;
-	oc->recv_armed = false;
-	if (!oc->closing) {
-		if (res == -ENOBUFS) {
-			out_arm_recv(w, oc);
-		} else {
-			struct smtp_client_event ev;
-			smtp_client_abort(oc->smtp, SMTP_CLIENT_ABORT_LOST, &ev);
-			out_event(w, oc, &ev);
-		}
-	}
+	struct oconn *oc = owner;
+
+	out_feed(oc->w, oc, in, len);
+}
+
+/* Closed, or moved on to its next address: the rest was the old peer's. */
+static bool
+out_ev_gone(void *owner)
+{
+	const struct oconn *oc = owner;
+
+	return oc->closing || oc->gen != oc->feed_gen;
+}
+
+static const struct transport_events out_events = {
+    .secured = out_ev_secured,
+    .input = out_ev_input,
+    .gone = out_ev_gone,
+};
+
+static void
+out_on_recv(struct worker *w, struct oconn *oc, int res, unsigned flags)
+{
+	oc->feed_gen = oc->gen;
+	if (!transport_on_recv(&w->io, &oc->t, res, flags, &out_events, oc) && !out_ev_gone(oc))
+		out_lost(w, oc);
 }
 
 void
@@ -1099,7 +1275,7 @@ out_on_cqe(struct worker *w, enum worker_op op, uint64_t ud, int res, unsigned f
 		dns_process(w->dns);
 		out_dns_pump(w);
 		if (!(flags & IORING_CQE_F_MORE)) {
-			struct io_uring_sqe *sqe = worker_sqe(w);
+			struct io_uring_sqe *sqe = ring_sqe(&w->io.ring);
 			io_uring_prep_poll_multishot(sqe, dns_fd(w->dns), POLLIN);
 			io_uring_sqe_set_data64(sqe, ud_pack(OP_DNS, 0, 0));
 		}
@@ -1109,7 +1285,7 @@ out_on_cqe(struct worker *w, enum worker_op op, uint64_t ud, int res, unsigned f
 
 	if (!oconn_current(oc, ud)) {
 		if (flags & IORING_CQE_F_BUFFER)
-			worker_return_buffer(w, flags >> IORING_CQE_BUFFER_SHIFT);
+			transport_return_buffer(&w->io, flags >> IORING_CQE_BUFFER_SHIFT);
 		if (!(flags & IORING_CQE_F_MORE))
 			oconn_op_done(w, oc);
 		return;
@@ -1119,7 +1295,7 @@ out_on_cqe(struct worker *w, enum worker_op op, uint64_t ud, int res, unsigned f
 		out_on_connect(w, oc, res);
 		break;
 	case OP_OUT_RECV:
-		out_on_recv(w, oc, ud, res, flags);
+		out_on_recv(w, oc, res, flags);
 		if (flags & IORING_CQE_F_MORE)
 			return;
 		break;
@@ -1157,7 +1333,8 @@ out_txn_done(struct worker *w, struct oconn *oc, struct out_txn *t,
 			                             .status = results[i].status,
 			                             .text = results[i].text,
 			                             .relay = relay,
-			                             .addr = oc->peer_text};
+			                             .addr = oc->peer_text,
+			                             .tls = oc->tls_auth};
 		}
 		out_results(w, m, res, n, (smtp_client_caps(oc->smtp) & SMTP_CLIENT_CAP_DSN) != 0);
 	}
@@ -1254,8 +1431,7 @@ out_event(struct worker *w, struct oconn *oc, const struct smtp_client_event *ev
 		oconn_close(w, oc, "451 4.4.2 closed");
 		break;
 	case SMTP_CLIENT_EV_STARTTLS:
-		/* tls_mode is none until TLS lands: the engine never asks */
-		oconn_close(w, oc, "451 4.7.5 TLS is not available");
+		out_starttls(w, oc);
 		break;
 	case SMTP_CLIENT_EV_NONE:
 		break;
@@ -1333,7 +1509,7 @@ out_start(struct worker *w, struct oconn *oc, struct sched_job *job)
 		return;
 	}
 	t->job = job;
-	const uint8_t *body = out_body(w, m, &t->body);
+	const uint8_t *body = store_body(w->store, m, &t->body);
 	if (body == NULL || !out_txn_rcpts(t, m)) {
 		out_fail_job(w, job, 451, "451 4.3.0 cannot read the message back", NULL);
 		out_txn_clear(t);
@@ -1500,73 +1676,6 @@ out_idle(const struct worker *w)
 }
 
 /* ---- compaction ---------------------------------------------------------------------- */
-
-/*
- * Writes the message again at the journal's head, with the state of each recipient
- * and its hold, so that the old segment it lived in can be deleted once *mv (where
- * and in which batch) is durable: until then the old copy is the one that counts. On
- * replay a copy of a message already known is ignored, and the records after it
- * restore the same state. Returns 0, or a negative error (nothing was appended).
- */
-int
-out_rewrite(struct worker *w, struct queue_message *m, struct compact_move *mv)
-{
-	uint8_t *owned;
-	const uint8_t *body = out_body(w, m, &owned);
-	const char **addrs = calloc(m->rcpt_count, sizeof(char *));
-	const char **params = calloc(m->rcpt_count, sizeof(char *));
-	struct journal_loc loc;
-	struct iovec iov[2];
-	int r = -ENOMEM;
-
-	if (body == NULL || addrs == NULL || params == NULL)
-		goto out;
-	for (unsigned i = 0; i < m->rcpt_count; i++) {
-		addrs[i] = m->rcpts[i].address;
-		params[i] = m->rcpts[i].params;
-	}
-	struct queue_envelope qe = {
-	    .sender = m->sender,
-	    .sender_params = m->sender_params,
-	    .rcpt_addresses = addrs,
-	    .rcpt_params = params,
-	    .rcpt_count = m->rcpt_count,
-	    .origin = {.client_addr = m->client_addr,
-	               .client_name = m->client_name,
-	               .protocol = m->protocol,
-	               .tls_version = m->tls_version,
-	               .auth_user = m->auth_user},
-	    .arrival_ms = m->arrival_ms,
-	};
-	int n = queue_record_encode(m->id, &qe, body, m->body_len, w->record_scratch,
-	                            RECORD_SCRATCH, iov);
-	int64_t batch =
-	    n < 0 ? n : journal_append(w->journal, JOURNAL_REC_MESSAGE, iov, (unsigned)n, &loc);
-	r = batch < 0 ? (int)batch : 0;
-	if (r < 0)
-		goto out;
-	*mv = (struct compact_move){.id = m->id, .batch = (uint64_t)batch, .loc = loc};
-	for (unsigned i = 0; i < m->rcpt_count; i++) {
-		const struct queue_rcpt *rc = &m->rcpts[i];
-		static const enum journal_rec_type types[] = {
-		    [QUEUE_RCPT_PENDING] = JOURNAL_REC_DEFERRED,
-		    [QUEUE_RCPT_DELIVERED] = JOURNAL_REC_DELIVERED,
-		    [QUEUE_RCPT_BOUNCED] = JOURNAL_REC_BOUNCED,
-		};
-		if (rc->state == QUEUE_RCPT_PENDING && rc->attempts == 0)
-			continue;
-		uint64_t next = rc->next_attempt_ms == QUEUE_IN_FLIGHT ? 0 : rc->next_attempt_ms;
-		out_record(w, m, types[rc->state], &i, 1, rc->attempts, next, rc->last_error);
-	}
-	if (m->held)
-		out_hold(w, m, true);
-	r = 0;
-out:
-	free(owned);
-	free(addrs);
-	free(params);
-	return r;
-}
 
 /* ---- ringmxctl resolve ----------------------------------------------------------------- */
 
