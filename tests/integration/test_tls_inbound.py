@@ -12,7 +12,6 @@ Listeners relay by mynetworks (auth "off"): AUTH is another issue's, and these t
 about TLS.
 """
 import json
-import os
 import re
 import shutil
 import smtplib
