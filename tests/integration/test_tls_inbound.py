@@ -164,6 +164,21 @@ def test_smtplib_starttls_on_mx(server, relay_sink):
     assert_tls_delivery(server, relay_sink, qid)
 
 
+def test_plaintext_on_the_may_listener_is_marked(server, relay_sink):
+    """STARTTLS is only offered on `may`: a client that ignores it still delivers, and the
+    records say it came in clear (tls=none, `with ESMTP`)."""
+    with smtp_client(server, port=server.mx) as s:
+        s.ehlo("client.example")
+        assert s.has_extn("starttls")
+        assert s.mail("s@client.example")[0] == 250
+        assert s.rcpt("u@example.test")[0] == 250
+        qid = queued_id(s.data(BODY))
+    assert re.search(r" tls=\"?none\b", accepted_line(server, qid))
+    (msg,) = relay_sink.wait_accepted(1)
+    received, _ = split_received(msg.data)
+    assert re.search(rb"\bwith ESMTP\b", received) and b"ESMTPS" not in received, received
+
+
 def test_smtplib_smtp_ssl_on_implicit_port(server, relay_sink):
     with smtplib.SMTP_SSL("127.0.0.1", server.smtps, context=tls_client_context(),
                           timeout=10) as s:
