@@ -962,7 +962,7 @@ out_open(struct worker *w, struct sched_dest *d)
 	d->active++;
 	d->opening++;
 	oc->w = w;
-	oc->tls_policy = w->cfg->outbound_tls;
+	oc->tls_policy = d->route.tls;
 	oc->plain_addr = -1;
 	oc->tlsa_host = -1;
 	if (d->route.kind == CONFIG_ROUTE_HOST &&

@@ -95,10 +95,14 @@ struct tls_server *
 worker_tls_server(const struct config *cfg, const struct tls_tickets *tickets, char *err,
                   size_t err_len)
 {
-	struct tls_cert_files certs[1] = {
+	struct tls_cert_files certs[1 + CONFIG_SNI_MAX] = {
 	    {.certificate = cfg->tls_certificate, .key = cfg->tls_key}};
 
-	return tls_server_new(certs, 1, tickets, err, err_len);
+	for (unsigned i = 0; i < cfg->tls_sni_count; i++)
+		certs[1 + i] = (struct tls_cert_files){.name = cfg->tls_sni[i].name,
+		                                       .certificate = cfg->tls_sni[i].certificate,
+		                                       .key = cfg->tls_sni[i].key};
+	return tls_server_new(certs, 1 + cfg->tls_sni_count, tickets, err, err_len);
 }
 
 /* SIGHUP: certificates read again for new connections; sessions keep the ones they have. */
@@ -460,12 +464,11 @@ worker_tls_setup(struct worker *w, const struct tls_tickets *tickets, char *err,
 			return -EINVAL;
 		}
 	}
-	if (cfg->outbound_tls != CONFIG_OUT_TLS_NONE) {
-		w->tls_client =
-		    tls_client_new(WORKER_CA_FILE, OUT_TLS_SESSIONS_MAX, why, sizeof(why));
-		if (w->tls_client == NULL && w->index == 0)
-			log_msg(CONFIG_LOG_WARNING, "outbound TLS unavailable: %s", why);
-	}
+	/* routes may ask for TLS even when outbound.tls is none */
+	w->tls_client =
+	    tls_client_new(cfg->outbound_tls_ca_file, OUT_TLS_SESSIONS_MAX, why, sizeof(why));
+	if (w->tls_client == NULL && w->index == 0)
+		log_msg(CONFIG_LOG_WARNING, "outbound TLS unavailable: %s", why);
 	return 0;
 }
 

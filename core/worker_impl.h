@@ -32,7 +32,6 @@
 #define CONN_STASH_MAX           (64 * 1024) /* input held while a reply is awaited */
 #define TLS_HANDSHAKE_TIMEOUT_MS 30000       /* a handshake that takes longer is dropped */
 #define OUT_TLS_SESSIONS_MAX     1024        /* outbound TLS sessions kept for resumption */
-#define WORKER_CA_FILE           "/etc/ssl/certs/ca-certificates.crt"
 
 struct conn {
 	struct transport t; /* t.fd is -1 once closed */

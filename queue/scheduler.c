@@ -85,6 +85,13 @@ sched_route_for(const struct config *cfg, const char *domain, struct sched_route
 		snprintf(out->key, sizeof(out->key), "%s%s:%u",
 		         out->kind == CONFIG_ROUTE_HOST_MX ? "mx:" : "", out->host, out->port);
 	}
+	out->tls = r != NULL ? config_route_tls(cfg, r) : cfg->outbound_tls;
+	if (r != NULL && r->tls_set) {
+		/* a route with a TLS policy of its own is a destination of its own */
+		static const char *const names[] = {"none", "may", "encrypt", "dane", "verify"};
+		size_t n = strlen(out->key);
+		snprintf(out->key + n, sizeof(out->key) - n, "/tls=%s", names[out->tls]);
+	}
 }
 
 static void

@@ -28,6 +28,7 @@ struct sched_route {
 	enum config_route_kind kind;
 	char host[CONFIG_DOMAIN_LEN + 1]; /* CONFIG_ROUTE_MX: the recipient domain */
 	uint16_t port;
+	enum config_outbound_tls tls; /* outbound.tls, or the route's own */
 	char key[SCHED_KEY_MAX];
 };
 

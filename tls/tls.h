@@ -20,13 +20,13 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define TLS_IN_MAX      (64 * 1024)  /* ciphertext held before the engine reads it */
-#define TLS_OUT_MAX     (256 * 1024) /* ciphertext waiting for the socket */
-#define TLS_SNI_MAX     64           /* certificates chosen by server name */
-#define TLS_DANE_MAX    16           /* TLSA records considered per host */
-#define TLS_ERROR_LEN   160
-#define TLS_NAME_LEN    256
-#define TLS_TICKET_ROTATE_S 3600     /* ticket keys change this often; the last one still opens */
+#define TLS_IN_MAX          (64 * 1024)  /* ciphertext held before the engine reads it */
+#define TLS_OUT_MAX         (256 * 1024) /* ciphertext waiting for the socket */
+#define TLS_SNI_MAX         64           /* certificates chosen by server name */
+#define TLS_DANE_MAX        16           /* TLSA records considered per host */
+#define TLS_ERROR_LEN       160
+#define TLS_NAME_LEN        256
+#define TLS_TICKET_ROTATE_S 3600 /* ticket keys change this often; the last one still opens */
 
 /* Called once by the main thread before any other function, and at exit. */
 int tls_global_init(void);
@@ -43,7 +43,7 @@ void tls_tickets_free(struct tls_tickets *t);
 /* ---- server ---------------------------------------------------------------------- */
 
 struct tls_cert_files {
-	const char *name; /* server name for SNI (NULL: the default certificate) */
+	const char *name;        /* server name for SNI (NULL: the default certificate) */
 	const char *certificate; /* PEM, leaf first, then the chain */
 	const char *key;         /* PEM, ECDSA or RSA */
 };
@@ -85,14 +85,14 @@ struct tls_dane_record {
 };
 
 enum tls_verify {
-	TLS_VERIFY_NONE,   /* encrypt only: any certificate (may, encrypt) */
-	TLS_VERIFY_CHAIN,  /* chain to ca_file and the name of the host (verify) */
-	TLS_VERIFY_DANE,   /* match one of the usable dane records (dane) */
+	TLS_VERIFY_NONE,  /* encrypt only: any certificate (may, encrypt) */
+	TLS_VERIFY_CHAIN, /* chain to ca_file and the name of the host (verify) */
+	TLS_VERIFY_DANE,  /* match one of the usable dane records (dane) */
 };
 
 struct tls_client_params {
-	const char *server_name;   /* SNI and the name checked (MX host name); may be NULL */
-	const char *session_key;   /* next hop: the cached session to resume, and to save */
+	const char *server_name; /* SNI and the name checked (MX host name); may be NULL */
+	const char *session_key; /* next hop: the cached session to resume, and to save */
 	enum tls_verify verify;
 	const struct tls_dane_record *dane;
 	unsigned dane_count;
@@ -114,10 +114,10 @@ void tls_conn_free(struct tls_conn *t);
 size_t tls_conn_push(struct tls_conn *t, const uint8_t *in, size_t len);
 
 enum tls_status {
-	TLS_OK = 0,        /* handshake done (tls_conn_handshake) */
-	TLS_WANT = 1,      /* needs more input from the peer, or output to be sent */
-	TLS_CLOSED = 2,    /* the peer sent close_notify */
-	TLS_ERROR = -1,    /* fatal; tls_conn_error() says why; send what is out, then close */
+	TLS_OK = 0,     /* handshake done (tls_conn_handshake) */
+	TLS_WANT = 1,   /* needs more input from the peer, or output to be sent */
+	TLS_CLOSED = 2, /* the peer sent close_notify */
+	TLS_ERROR = -1, /* fatal; tls_conn_error() says why; send what is out, then close */
 };
 
 /* Advances the handshake with what was pushed. After TLS_OK it is done for good. */
