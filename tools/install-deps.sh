@@ -6,7 +6,8 @@ set -eu
 build="meson ninja-build pkg-config gcc libc6-dev liburing-dev libwolfssl-dev libunbound-dev
 libjemalloc-dev libfyaml-dev libcrypt-dev libevent-dev dns-root-data"
 test="$build python3 python3-pytest python3-dnspython python3-aiosmtpd swaks postfix
-unbound nsd ldnsutils clang clang-format libclang-rt-14-dev iproute2 procps git"
+unbound nsd ldnsutils clang clang-format libclang-rt-14-dev iproute2 procps git
+openssl testssl.sh libnet-ssleay-perl libio-socket-ssl-perl"
 bench="$test time"
 
 case "${1:-build}" in

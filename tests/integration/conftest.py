@@ -8,6 +8,7 @@ import os
 import signal
 import smtplib
 import socket
+import ssl
 import subprocess
 import time
 
@@ -15,6 +16,21 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.path.join(REPO, os.environ.get("RINGMX_BUILD", "build"))
+TLS_FIXTURE = os.path.join(REPO, "tests", "fixtures", "tls")
+
+
+def tls_file(name):
+    """A file of the test PKI (tests/fixtures/tls): ca.pem, ecdsa.pem, ecdsa.key, ..."""
+    return os.path.join(TLS_FIXTURE, name)
+
+
+def tls_client_context(ca="ca.pem", verify=True):
+    """A Python ssl client context trusting the fixture CA (or trusting anything)."""
+    ctx = ssl.create_default_context(cafile=tls_file(ca) if verify else None)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def binary(name):
@@ -82,18 +98,28 @@ def show_message(server, queue_id):
     return envelope.decode(), stored[:end].decode(), stored[end:]
 
 
-def smtp_client(server, source="127.0.0.1", timeout=10.0):
-    """An smtplib session to server, from the loopback address source."""
-    return smtplib.SMTP("127.0.0.1", server.port, timeout=timeout, source_address=(source, 0))
+def smtp_client(server, source="127.0.0.1", timeout=10.0, port=None):
+    """An smtplib session to server (its first listener, or port), from the loopback address
+    source."""
+    return smtplib.SMTP("127.0.0.1", port or server.port, timeout=timeout,
+                        source_address=(source, 0))
 
 
 class RawSmtp:
     """SMTP over a bare socket, for exact bytes: send() them, read reply() as (code, text)."""
 
-    def __init__(self, server, source="127.0.0.1", timeout=10.0):
-        self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=timeout,
-                                             source_address=(source, 0))
+    def __init__(self, server, source="127.0.0.1", timeout=10.0, port=None):
+        self.sock = socket.create_connection(("127.0.0.1", port or server.port),
+                                             timeout=timeout, source_address=(source, 0))
         self.buf = b""
+
+    def starttls(self, context, server_hostname="mx.ringmx.test"):
+        """The TLS handshake on this connection (after a 220 to STARTTLS, or at once on an
+        implicit-TLS port). Plaintext bytes already read and not yet consumed would be
+        lost: a test reads exactly the replies it expects before calling this."""
+        assert self.buf == b"", f"plaintext left unread before the handshake: {self.buf!r}"
+        self.sock = context.wrap_socket(self.sock, server_hostname=server_hostname)
+        return self.sock
 
     def send(self, data):
         self.sock.sendall(data.encode() if isinstance(data, str) else data)
@@ -161,6 +187,8 @@ class Ringmx:
             else:
                 cfg[key] = value
         self.cfg = cfg
+        # a test's own listen list: the first listener is the one start() waits for
+        self.port = int(cfg["listen"][0]["address"].rsplit(":", 1)[1])
         with open(self.cfg_path, "w") as f:
             f.write(to_yaml(cfg))
         self.proc = None
@@ -243,3 +271,23 @@ def ringmx_factory(tmp_path):
 @pytest.fixture
 def ringmx(ringmx_factory):
     return ringmx_factory()
+
+
+@pytest.fixture
+def postfix_factory(tmp_path):
+    """Private Postfix instances (postfix_mta.py), stopped and removed when the test ends
+    (pass or fail); skips the test where a private Postfix cannot run."""
+    from postfix_mta import PostfixMTA, unavailable
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    mtas = []
+
+    def make(relay_domain, nexthop_port, main_cf=None):
+        mtas.append(PostfixMTA(relay_domain, nexthop_port, keep_dir=str(tmp_path),
+                               main_cf=main_cf))
+        return mtas[-1].start()
+
+    yield make
+    for mta in mtas:
+        mta.stop()

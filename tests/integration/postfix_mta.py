@@ -50,6 +50,7 @@ discard    unix  - - n -  - discard
 anvil      unix  - - n -  1 anvil
 scache     unix  - - n -  1 scache
 postlog    unix-dgram n - n - 1 postlogd
+tlsmgr     unix  - - n 1000? 1 tlsmgr
 """
 
 
@@ -70,9 +71,10 @@ def unavailable():
 class PostfixMTA:
     """One private Postfix relaying mail for relay_domain (and anything from 127.0.0.0/8) to
     [127.0.0.1]:nexthop_port. start() it, stop() it (always: it kills by PID whatever the
-    instance still runs and removes its directory, keeping the maillog in keep_dir)."""
+    instance still runs and removes its directory, keeping the maillog in keep_dir).
+    main_cf: more main.cf settings, or overrides (e.g. smtpd_tls_* for TLS tests)."""
 
-    def __init__(self, relay_domain, nexthop_port, keep_dir=None):
+    def __init__(self, relay_domain, nexthop_port, keep_dir=None, main_cf=None):
         self.port = free_port()
         self.keep_dir = keep_dir
         self.work = tempfile.mkdtemp(prefix="ringmx-postfix.")
@@ -86,9 +88,9 @@ class PostfixMTA:
         os.chown(data, pwd.getpwnam("postfix").pw_uid, -1)
         self.proc = None
         self.master = None
-        self._configure(relay_domain, nexthop_port, data)
+        self._configure(relay_domain, nexthop_port, data, main_cf or {})
 
-    def _configure(self, relay_domain, nexthop_port, data):
+    def _configure(self, relay_domain, nexthop_port, data, extra):
         for name in INSTALL_FILES:
             src = os.path.join(ETC, name)
             if os.path.isdir(src):
@@ -137,6 +139,7 @@ class PostfixMTA:
             "smtpd_client_connection_rate_limit": "0",
             "smtpd_client_message_rate_limit": "0",
         }
+        main_cf.update(extra)
         with open(os.path.join(self.conf, "main.cf"), "w") as f:
             f.writelines(f"{k} = {v}\n" for k, v in main_cf.items())
         with open(os.path.join(self.conf, "master.cf"), "w") as f:
@@ -187,10 +190,14 @@ class PostfixMTA:
         return sum(len(files) for sub in ("maildrop", "incoming", "active", "deferred", "hold")
                    for _, _, files in os.walk(os.path.join(self.queue_dir, sub)))
 
+    def log(self):
+        """The instance's maillog so far."""
+        with open(self.maillog, errors="replace") as f:
+            return f.read()
+
     def message_ids(self):
         """The Message-IDs Postfix's cleanup logged, i.e. of every message it queued."""
-        with open(self.maillog, errors="replace") as f:
-            return set(re.findall(r" message-id=(<[^>\s]*>)", f.read()))
+        return set(re.findall(r" message-id=(<[^>\s]*>)", self.log()))
 
     def tail(self, lines=20):
         text = ""

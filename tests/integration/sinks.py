@@ -4,11 +4,17 @@ chunks when CHUNKING is among its extensions), counts
 connections, concurrent connections and transactions per connection, and answers RCPT and
 DATA as a test's policy says (including closing the connection at chosen moments).
 
+With tls=(certificate, key) it offers STARTTLS (Python's ssl, one context per sink, so a
+client can resume its session on a later connection) and records each connection's TLS
+version, suite, resumption and SNI; starttls_policy makes the STARTTLS step misbehave
+(GARBAGE, INJECT) for the client-side robustness tests.
+
 It is written on bare sockets rather than aiosmtpd so that the bytes on the wire and the
 exact moment of a close stay under the test's control.
 """
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,6 +22,8 @@ from dataclasses import dataclass, field
 CLOSE = "close"  # a policy's answer: drop the connection instead of replying
 CUT = "cut"  # data_start_policy's answer: 354, then drop the connection mid-message
 LINE_MAX = 4096
+GARBAGE = "garbage"  # starttls_policy: 220, then bytes that are no TLS record, then close
+INJECT = "inject"  # starttls_policy: "220 go" and a forged "250" in one write, then TLS
 
 
 @dataclass
@@ -27,6 +35,7 @@ class Message:
     conn: int  # which connection (1, 2, ...) carried it
     reply: str = ""  # what the sink answered to DATA or BDAT LAST
     verb: str = "DATA"  # or "BDAT"
+    tls: str = ""  # the TLS version it came over ("TLSv1.3"), "" for plaintext
 
 
 @dataclass
@@ -44,6 +53,7 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def handle(self):
         sink = self.server.sink
+        self.tls = None  # the connection's TLS record in sink.tls_sessions, once secured
         conn = sink._opened(self.request)
         try:
             self._session(sink, conn)
@@ -73,6 +83,8 @@ class _Handler(socketserver.StreamRequestHandler):
             if verb in ("EHLO", "HELO"):
                 txn = None
                 ext = sink.extensions if verb == "EHLO" else []
+                if verb == "EHLO" and sink.tls_context and self.tls is None:
+                    ext = ext + ["STARTTLS"]
                 lines = [sink.name] + list(ext)  # RFC 5321 §4.1.1.1: the domain first
                 for e in lines[:-1]:
                     self._send(f"250-{e}")
@@ -107,6 +119,10 @@ class _Handler(socketserver.StreamRequestHandler):
                     return
                 if line.upper().endswith(" LAST"):
                     txn = None
+            elif line.upper() == "STARTTLS" and sink.tls_context and self.tls is None:
+                if not self._starttls(sink, conn):
+                    return
+                txn = None  # RFC 3207 §4.2: everything known before is forgotten
             elif verb == "RSET":
                 txn = None
                 self._send("250 2.0.0 ok")
@@ -118,6 +134,36 @@ class _Handler(socketserver.StreamRequestHandler):
                 return
             else:
                 self._send("503 5.5.1 bad sequence")
+
+    def _starttls(self, sink, conn):
+        """The server side of STARTTLS as starttls_policy says; False when the connection
+        is to be dropped."""
+        policy = sink.starttls_policy
+        if policy == GARBAGE:
+            self.wfile.write(b"220 2.0.0 go ahead\r\n")
+            self.wfile.write(b"this is no TLS record\r\n" * 8)
+            with sink.lock:
+                sink.tls_failures += 1
+            return False
+        self.wfile.write(b"220 2.0.0 go\r\n250 forged\r\n" if policy == INJECT
+                         else b"220 2.0.0 ready to start TLS\r\n")
+        raw = self.request
+        try:
+            tls = sink.tls_context.wrap_socket(raw, server_side=True)
+        except (OSError, ValueError):
+            with sink.lock:
+                sink.tls_failures += 1
+            return False
+        self.request = tls
+        with sink.lock:
+            sink.socks.discard(raw)
+            sink.socks.add(tls)
+            self.tls = {"conn": conn, "version": tls.version(), "cipher": tls.cipher()[0],
+                        "resumed": tls.session_reused, "sni": getattr(tls, "sni", None)}
+            sink.tls_sessions.append(self.tls)
+        self.rfile = tls.makefile("rb")
+        self.wfile = socketserver._SocketWriter(tls)
+        return True
 
     def _data(self, sink, txn):
         """Reads one message; False when the policy closes the connection."""
@@ -137,7 +183,8 @@ class _Handler(socketserver.StreamRequestHandler):
         if isinstance(reply, tuple):  # (reply, CLOSE): answer, then hang up at once
             reply, after = reply[0], reply[1] == CLOSE
         msg = Message(txn.sender, list(txn.rcpts), data, wire, txn.conn,
-                      reply if reply != CLOSE else "", verb)
+                      reply if reply != CLOSE else "", verb,
+                      self.tls["version"] if self.tls else "")
         sink._stored(msg, counted=reply != CLOSE and reply.startswith("2"))
         if reply == CLOSE:
             return False
@@ -188,14 +235,22 @@ class Sink:
     default 250, CLOSE to drop the connection without a reply, or for DATA
     (reply, CLOSE) to answer and then drop the connection. data_start_policy(txn) answers
     the DATA command itself: None for 354, a refusal, or CUT.
+
+    tls=(certificate, key) offers STARTTLS with that pair; starttls_policy is None (a plain
+    handshake), GARBAGE or INJECT.
     """
 
     def __init__(self, port=0, rcpt_policy=None, data_policy=None, data_start_policy=None,
                  name="sink.test",
-                 extensions=("PIPELINING", "8BITMIME", "SIZE 100000000", "ENHANCEDSTATUSCODES")):
+                 extensions=("PIPELINING", "8BITMIME", "SIZE 100000000", "ENHANCEDSTATUSCODES"),
+                 tls=None, starttls_policy=None):
         self.port = port
         self.name = name
         self.extensions = list(extensions)
+        self.tls_context = tls_server_context(*tls) if tls else None
+        self.starttls_policy = starttls_policy
+        self.tls_sessions = []  # per secured connection: conn, version, cipher, resumed, sni
+        self.tls_failures = 0  # STARTTLS given but no TLS session came of it
         self.rcpt_policy = rcpt_policy or (lambda txn, address: None)
         self.data_policy = data_policy or (lambda txn: None)
         self.data_start_policy = data_start_policy or (lambda txn: None)
@@ -277,6 +332,19 @@ class Sink:
             self.messages.append(msg)
             if counted:
                 self.txns_per_conn[msg.conn] += 1
+
+
+def tls_server_context(certificate, key):
+    """A TLS 1.2+ server context for certificate/key that records the client's SNI on the
+    connection (as its .sni)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(certificate, key)
+
+    def note_sni(sock, name, _ctx):
+        sock.sni = name
+    ctx.sni_callback = note_sni
+    return ctx
 
 
 def first_n(codes):

@@ -12,7 +12,6 @@ import pytest
 
 from benchlib import Procs, run_send, sink_args, wait_listen
 from conftest import free_port, wait_until
-from postfix_mta import PostfixMTA, unavailable
 
 TOTAL = 10000
 CLIENTS = 20
@@ -146,23 +145,6 @@ def test_kill9_during_relay_loses_nothing(ringmx_factory, procs, tmp_path):
     assert wait_listen(sink_port)
     kill9_relay_run(ringmx_factory, sink_port, record, 90)
     assert procs.stop(sink)[0] == 0
-
-
-@pytest.fixture
-def postfix_factory(tmp_path):
-    """Private Postfix instances, stopped and removed when the test ends (pass or fail)."""
-    reason = unavailable()
-    if reason:
-        pytest.skip(reason)
-    mtas = []
-
-    def make(relay_domain, nexthop_port):
-        mtas.append(PostfixMTA(relay_domain, nexthop_port, keep_dir=str(tmp_path)))
-        return mtas[-1].start()
-
-    yield make
-    for mta in mtas:
-        mta.stop()
 
 
 def test_kill9_during_relay_into_postfix_loses_nothing(ringmx_factory, procs, postfix_factory,
