@@ -86,10 +86,7 @@ conn_close(struct worker *w, struct conn *c)
 	if (c->t.fd < 0)
 		return;
 	conn_log_disconnect(w, c);
-	/* shutdown ends the pending multishot receive, so its last completion comes back */
-	shutdown(c->t.fd, SHUT_RDWR);
-	close(c->t.fd);
-	c->t.fd = -1;
+	transport_close(&w->io, &c->t);
 	c->closing = true;
 	if (c->counted)
 		connlimit_release(w->limits, (const struct sockaddr *)&c->peer);
@@ -121,7 +118,8 @@ conn_flush(struct worker *w, struct conn *c)
 	if (n > 0)
 		smtp_server_output_consume(c->smtp, transport_write(&c->t, p, n));
 	transport_flush(&w->io, &c->t);
-	if (!transport_pending(&c->t) && smtp_server_state(c->smtp) == SMTP_SERVER_CLOSING)
+	if (!transport_pending(&c->t) && smtp_server_state(c->smtp) == SMTP_SERVER_CLOSING &&
+	    !transport_close_notify(&w->io, &c->t))
 		conn_close(w, c);
 }
 
@@ -378,6 +376,15 @@ conn_store(struct worker *w, struct conn *c, const struct smtp_envelope *env)
 	w->waiters[w->waiter_count++] = conn_slot(w, c);
 }
 
+/* A handshake gets TLS_HANDSHAKE_TIMEOUT_MS, or the command timeout when that is shorter. */
+static void
+conn_handshake_deadline(struct worker *w, struct conn *c)
+{
+	uint64_t t = w->cfg->limits_command_timeout_ms;
+
+	c->deadline_ms = w->now_ms + (t < TLS_HANDSHAKE_TIMEOUT_MS ? t : TLS_HANDSHAKE_TIMEOUT_MS);
+}
+
 /* The 220 is queued: the handshake follows it, and the rest of the input was dropped. */
 static void
 conn_starttls(struct worker *w, struct conn *c)
@@ -390,7 +397,7 @@ conn_starttls(struct worker *w, struct conn *c)
 	}
 	conn_flush(w, c); /* the 220 goes out as plaintext */
 	transport_start_tls(&w->io, &c->t, tls);
-	c->deadline_ms = w->now_ms + TLS_HANDSHAKE_TIMEOUT_MS;
+	conn_handshake_deadline(w, c);
 }
 
 static void
@@ -558,7 +565,7 @@ conn_open(struct worker *w, struct conn *c, int fd, unsigned listener)
 		}
 		/* the banner waits in the engine until the handshake is done */
 		transport_start_tls(&w->io, &c->t, tls);
-		c->deadline_ms = w->now_ms + TLS_HANDSHAKE_TIMEOUT_MS;
+		conn_handshake_deadline(w, c);
 	}
 	conn_arm_recv(w, c);
 	conn_mark_dirty(w, c);
@@ -807,6 +814,7 @@ in_free(struct worker *w)
 		free(c->stash);
 		tls_conn_free(c->t.tls);
 		free(c->t.out);
+		free(c->t.cipher);
 	}
 	free(w->conns);
 	free(w->free_slots);

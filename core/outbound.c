@@ -89,6 +89,7 @@ out_free(struct worker *w)
 			close(oc->t.fd);
 		tls_conn_free(oc->t.tls);
 		free(oc->t.out);
+		free(oc->t.cipher);
 		smtp_client_free(oc->smtp);
 		for (unsigned k = 0; k < OUT_TXN_WINDOW; k++)
 			out_txn_free(&oc->txns[k]);
@@ -570,13 +571,9 @@ static void out_flush(struct worker *w, struct oconn *oc);
 
 /* The socket goes (its pending receive ends with it); so does its TLS session. */
 static void
-out_drop_socket(struct oconn *oc)
+out_drop_socket(struct worker *w, struct oconn *oc)
 {
-	if (oc->t.fd >= 0) {
-		shutdown(oc->t.fd, SHUT_RDWR);
-		close(oc->t.fd);
-		oc->t.fd = -1;
-	}
+	transport_close(&w->io, &oc->t);
 	tls_conn_free(oc->t.tls);
 	oc->t.tls = NULL;
 	oc->t.handshaking = false;
@@ -634,7 +631,7 @@ oconn_close(struct worker *w, struct oconn *oc, const char *text)
 		oc->held = job->next;
 		out_fail_job(w, job, 451, text, oc->peer_text);
 	}
-	out_drop_socket(oc);
+	out_drop_socket(w, oc);
 	struct sched_dest *d = oc->dest;
 	d->active--;
 	if (!oc->session_ok)
@@ -996,7 +993,7 @@ out_conn_failed(struct worker *w, struct oconn *oc, const char *why)
 	struct sched_dest *d = oc->dest;
 
 	snprintf(text, sizeof(text), "451 4.4.1 %s: %s", oc->peer_text, why);
-	out_drop_socket(oc);
+	out_drop_socket(w, oc);
 	oc->connecting = false;
 	if (!oc->session_ok && oc->txn_count == 0 && out_connect(w, oc))
 		return;

@@ -106,10 +106,10 @@ static const unsigned smtp_server_transitions[] = {
     [SMTP_SERVER_READY] = STATE_BIT(SMTP_SERVER_READY) | STATE_BIT(SMTP_SERVER_MAIL) |
                           STATE_BIT(SMTP_SERVER_TLS_WAIT) | STATE_BIT(SMTP_SERVER_CLOSING),
     [SMTP_SERVER_MAIL] = STATE_BIT(SMTP_SERVER_READY) | STATE_BIT(SMTP_SERVER_RCPT_WAIT) |
-                         STATE_BIT(SMTP_SERVER_CLOSING),
+                         STATE_BIT(SMTP_SERVER_TLS_WAIT) | STATE_BIT(SMTP_SERVER_CLOSING),
     [SMTP_SERVER_RCPT] = STATE_BIT(SMTP_SERVER_READY) | STATE_BIT(SMTP_SERVER_RCPT_WAIT) |
                          STATE_BIT(SMTP_SERVER_DATA) | STATE_BIT(SMTP_SERVER_BDAT) |
-                         STATE_BIT(SMTP_SERVER_CLOSING),
+                         STATE_BIT(SMTP_SERVER_TLS_WAIT) | STATE_BIT(SMTP_SERVER_CLOSING),
     [SMTP_SERVER_DATA] = STATE_BIT(SMTP_SERVER_DATA_WAIT) | STATE_BIT(SMTP_SERVER_READY) |
                          STATE_BIT(SMTP_SERVER_CLOSING),
     [SMTP_SERVER_BDAT] = STATE_BIT(SMTP_SERVER_RCPT) | STATE_BIT(SMTP_SERVER_DATA_WAIT) |
@@ -1131,8 +1131,10 @@ smtp_check_starttls(struct smtp_server *s, const char *args, size_t len)
 		return "503 5.5.1 Error: TLS already active";
 	if (!s->params.starttls_offer)
 		return "454 4.7.0 TLS not available";
-	if (s->state != SMTP_SERVER_GREETING && s->state != SMTP_SERVER_READY)
-		return "503 5.5.1 Error: MAIL transaction in progress";
+	/* a transaction begun in the clear is dropped with the rest (RFC 3207 §4.2); BDAT
+	 * chunks already taken are content, not commands, so that one has to end first */
+	if (s->state == SMTP_SERVER_BDAT || s->chunk_left > 0)
+		return reply_bdat_started;
 	return NULL;
 }
 

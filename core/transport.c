@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 /* ---- the ring and its buffers ---------------------------------------------------- */
 
@@ -81,7 +83,8 @@ transport_init(struct transport *t, int fd, uint32_t gen, uint32_t slot, enum wo
                enum worker_op send_op)
 {
 	assert(t->tls == NULL);
-	/* the buffer, and the operations of an earlier socket of the slot, carry over */
+	/* the buffers, and the operations of an earlier socket of the slot, carry over: a send of
+	 * that socket may still read them */
 	*t = (struct transport){
 	    .fd = fd,
 	    .gen = gen,
@@ -90,6 +93,7 @@ transport_init(struct transport *t, int fd, uint32_t gen, uint32_t slot, enum wo
 	    .send_op = send_op,
 	    .inflight = t->inflight,
 	    .out = t->out,
+	    .cipher = t->cipher,
 	};
 }
 
@@ -98,8 +102,21 @@ transport_reset(struct transport *t)
 {
 	assert(t->inflight == 0);
 	tls_conn_free(t->tls);
+	free(t->cipher);
 	free(t->out);
 	*t = (struct transport){.fd = -1};
+}
+
+void
+transport_close(struct transport_ring *r, struct transport *t)
+{
+	if (t->fd < 0)
+		return;
+	if (io_uring_sq_ready(&r->ring) > 0)
+		io_uring_submit(&r->ring);
+	shutdown(t->fd, SHUT_RDWR);
+	close(t->fd);
+	t->fd = -1;
 }
 
 /* ---- receiving ------------------------------------------------------------------- */
@@ -235,7 +252,8 @@ transport_pending(const struct transport *t)
 
 	if (t->tls != NULL)
 		tls_conn_out(t->tls, &n);
-	return t->out_sent < t->out_len || n > 0 || transport_busy(t);
+	return t->out_sent < t->out_len || t->cipher_sent < t->cipher_len || n > 0 ||
+	       transport_busy(t);
 }
 
 size_t
@@ -289,9 +307,21 @@ transport_flush(struct transport_ring *r, struct transport *t)
 	}
 	if (t->tls == NULL)
 		return;
+	if (t->cipher_sent < t->cipher_len) {
+		transport_submit(r, t, t->cipher + t->cipher_sent, t->cipher_len - t->cipher_sent,
+		                 TRANSPORT_SEND_TLS);
+		return;
+	}
 	const uint8_t *p = tls_conn_out(t->tls, &n);
-	if (n > 0)
-		transport_submit(r, t, p, n, TRANSPORT_SEND_TLS);
+	if (n == 0)
+		return;
+	if (t->cipher == NULL && (t->cipher = malloc(TRANSPORT_TLS_SEND)) == NULL)
+		return; /* tried again at the next flush */
+	t->cipher_len = n < TRANSPORT_TLS_SEND ? n : TRANSPORT_TLS_SEND;
+	t->cipher_sent = 0;
+	memcpy(t->cipher, p, t->cipher_len);
+	tls_conn_out_consume(t->tls, t->cipher_len);
+	transport_submit(r, t, t->cipher, t->cipher_len, TRANSPORT_SEND_TLS);
 }
 
 void
@@ -321,7 +351,13 @@ transport_on_send(struct transport_ring *r, struct transport *t, int res)
 		t->out_sent += (size_t)res;
 		break;
 	case TRANSPORT_SEND_TLS:
-		tls_conn_out_consume(t->tls, (size_t)res);
+		t->cipher_sent += (size_t)res;
+		if (t->cipher_sent == t->cipher_len) {
+			/* idle TLS sessions are the common case: they keep no send buffer */
+			free(t->cipher);
+			t->cipher = NULL;
+			t->cipher_len = t->cipher_sent = 0;
+		}
 		break;
 	case TRANSPORT_SEND_NONE:
 		break;
@@ -342,6 +378,17 @@ transport_start_tls(struct transport_ring *r, struct transport *t, struct tls_co
 	if (tls_conn_handshake(tls) == TLS_ERROR)
 		t->error = tls_conn_error(tls);
 	transport_flush(r, t);
+}
+
+bool
+transport_close_notify(struct transport_ring *r, struct transport *t)
+{
+	if (t->tls == NULL || t->handshaking || t->notified || t->fd < 0)
+		return false;
+	t->notified = true;
+	tls_conn_shutdown(t->tls);
+	transport_flush(r, t);
+	return transport_pending(t);
 }
 
 void

@@ -24,8 +24,9 @@
 #define TRANSPORT_BUF_COUNT 512   /* provided receive buffers per worker (power of two) */
 #define TRANSPORT_BUF_SIZE  16384 /* one receive */
 #define TRANSPORT_BUF_GROUP 1
-#define TRANSPORT_OUT_CAP   8192 /* plaintext copied for one send */
-#define TRANSPORT_IOV_MAX   64   /* caller's iovecs in one zero-copy send */
+#define TRANSPORT_OUT_CAP   8192        /* plaintext copied for one send */
+#define TRANSPORT_IOV_MAX   64          /* caller's iovecs in one zero-copy send */
+#define TRANSPORT_TLS_SEND  (32 * 1024) /* ciphertext copied out for one send */
 
 static_assert((TRANSPORT_BUF_COUNT & (TRANSPORT_BUF_COUNT - 1)) == 0,
               "buffer ring size is a power of two");
@@ -50,7 +51,7 @@ enum transport_send_kind {
 	TRANSPORT_SEND_NONE,
 	TRANSPORT_SEND_COPY, /* out[out_sent, out_len) */
 	TRANSPORT_SEND_IOV,  /* the caller's iovecs: reported back as sent plaintext */
-	TRANSPORT_SEND_TLS,  /* ciphertext of the TLS connection */
+	TRANSPORT_SEND_TLS,  /* cipher[cipher_sent, cipher_len): ciphertext taken from TLS */
 };
 
 struct transport {
@@ -66,8 +67,12 @@ struct transport {
 	struct iovec iov[TRANSPORT_IOV_MAX];
 	struct msghdr mh;
 
+	/* TLS output moves as wolfSSL adds to it: what is in flight is a copy, freed once sent */
+	uint8_t *cipher;
+	size_t cipher_len, cipher_sent;
 	struct tls_conn *tls; /* NULL: plaintext */
 	bool handshaking;
+	bool notified;     /* close_notify queued */
 	const char *error; /* why the transport failed, for one log line */
 };
 
@@ -84,6 +89,13 @@ void transport_init(struct transport *t, int fd, uint32_t gen, uint32_t slot,
 
 /* Frees TLS state and buffers; the fd is the owner's to close. No operation may be pending. */
 void transport_reset(struct transport *t);
+
+/*
+ * Closes the socket (its pending receive ends, so its last completion comes back).
+ * SQEs still queued for it go to the kernel first: submitted later, they would name
+ * whatever socket takes the fd number next (an alert sent into another session).
+ */
+void transport_close(struct transport_ring *r, struct transport *t);
 
 /* Multishot receive into the provided buffers, unless armed, paused or closed. */
 void transport_arm_recv(struct transport_ring *r, struct transport *t);
@@ -136,6 +148,13 @@ void transport_start_tls(struct transport_ring *r, struct transport *t, struct t
 
 /* "192.0.2.1" (v4-mapped shown as IPv4), or with the port: "192.0.2.1:25", "[2001:db8::1]:25" */
 void transport_addr_text(const struct sockaddr_storage *ss, bool with_port, char *buf, size_t cap);
+
+/*
+ * Before a graceful close: queues TLS close_notify once and sends it. True while it
+ * is still to go out (the owner closes when the send completes), false when there is
+ * nothing to wait for (plaintext, a failed handshake, or already sent).
+ */
+bool transport_close_notify(struct transport_ring *r, struct transport *t);
 
 /* TLS established: "TLSv1.3/TLS_AES_128_GCM_SHA256" into buf; "" without TLS. */
 void transport_tls_text(const struct transport *t, char *buf, size_t cap);
