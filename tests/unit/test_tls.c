@@ -468,7 +468,7 @@ dane_run(const char *cert, const char *key, const char *name, const struct tls_d
 }
 
 static void
-test_dane(void)
+test_dane_ee(void)
 {
 	static const int ee[][2] = {{1, 1}, {0, 1}, {1, 2}, {1, 0}, {0, 2}};
 	struct tls_dane_record r[3];
@@ -503,6 +503,15 @@ test_dane(void)
 	CHECK(dane_run(FIX "wrongname.pem", FIX "wrongname.key", "mx.ringmx.test", r, 1, &a, err,
 	               sizeof(err)) == TLS_OK);
 	CHECK(a == TLS_AUTH_DANE);
+}
+
+static void
+test_dane_ta(void)
+{
+	struct tls_dane_record r[2];
+	enum tls_auth a;
+	char err[TLS_ERROR_LEN];
+
 	/* DANE-TA: the CA is sent in the chain, the leaf chains to it and has the name */
 	r[0] = tlsa("ca", 2, 0, 1);
 	CHECK(dane_run(FIX "ecdsa-chain.pem", FIX "ecdsa.key", "mx.ringmx.test", r, 1, &a, err,
@@ -516,6 +525,14 @@ test_dane(void)
 	CHECK(dane_run(FIX "ecdsa-chain.pem", FIX "ecdsa.key", "wrong.ringmx.test", r, 1, &a, err,
 	               sizeof(err)) == TLS_ERROR);
 	CHECK(strncmp(err, "dane: ", 6) == 0);
+	/* an intermediate CA as the trust anchor */
+	r[0] = tlsa("ica", 2, 1, 1);
+	CHECK(dane_run(FIX "ica-chain.pem", FIX "ica-leaf.key", "mx.ringmx.test", r, 1, &a, err,
+	               sizeof(err)) == TLS_OK);
+	CHECK(a == TLS_AUTH_DANE);
+	CHECK(dane_run(FIX "ica-chain.pem", FIX "ica-leaf.key", "other.ringmx.test", r, 1, &a, err,
+	               sizeof(err)) == TLS_ERROR);
+	r[0] = tlsa("ca", 2, 0, 1);
 	/* the CA not in the chain the server sent: no match */
 	CHECK(dane_run(FIX "ecdsa.pem", FIX "ecdsa.key", "mx.ringmx.test", r, 1, &a, err,
 	               sizeof(err)) == TLS_ERROR);
@@ -574,6 +591,11 @@ test_verify(void)
 	CHECK(verify_run(FIX "rsa.pem", FIX "rsa.key", ca, "mx.ringmx.test", TLS_VERIFY_CHAIN, &a,
 	                 err, sizeof(err)) == TLS_OK);
 	CHECK(a == TLS_AUTH_VERIFIED);
+	CHECK(verify_run(FIX "ica-chain.pem", FIX "ica-leaf.key", ca, "mx.ringmx.test",
+	                 TLS_VERIFY_CHAIN, &a, err, sizeof(err)) == TLS_OK);
+	CHECK(a == TLS_AUTH_VERIFIED);
+	CHECK(verify_run(FIX "ica-leaf.pem", FIX "ica-leaf.key", ca, "mx.ringmx.test",
+	                 TLS_VERIFY_CHAIN, &a, err, sizeof(err)) == TLS_ERROR);
 	CHECK(verify_run(e, k, ca, "other.ringmx.test", TLS_VERIFY_CHAIN, &a, err, sizeof(err)) ==
 	      TLS_ERROR);
 	CHECK(strcmp(err, "verify: certificate name mismatch") == 0);
@@ -917,7 +939,8 @@ main(void)
 	test_resumption();
 	test_resumption_tls12();
 	test_resumption_auth();
-	test_dane();
+	test_dane_ee();
+	test_dane_ta();
 	test_verify();
 	test_garbage();
 	test_truncated();
