@@ -31,7 +31,7 @@
 #define WORKER_STOP_GRACE_MS     5000        /* sessions in a transaction may finish this long */
 #define CONN_STASH_MAX           (64 * 1024) /* input held while a reply is awaited */
 #define TLS_HANDSHAKE_TIMEOUT_MS 30000       /* a handshake that takes longer is dropped */
-#define OUT_TLS_SESSIONS_MAX     1024        /* outbound TLS sessions kept for resumption */
+#define OUT_TLS_SESSIONS_MAX     256         /* outbound TLS sessions kept (37 KB each) */
 
 struct conn {
 	struct transport t; /* t.fd is -1 once closed */

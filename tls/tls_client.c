@@ -188,6 +188,23 @@ client_params(struct tls_conn *t, const struct tls_client_params *p)
 	return 0;
 }
 
+/*
+ * A TLS 1.3 NewSessionTicket is being read (after the handshake, often after the first
+ * reply). wolfSSL calls this before it has finished updating the session with it, so
+ * the session is copied into the cache after the read (or at free), not here.
+ */
+static int
+client_on_ticket(WOLFSSL *ssl, const unsigned char *ticket, int len, void *arg)
+{
+	struct tls_conn *t = arg;
+
+	(void)ssl;
+	(void)ticket;
+	(void)len;
+	t->session_done = false; /* saved once wolfSSL is done with the record */
+	return 0;
+}
+
 struct tls_conn *
 tls_conn_client(struct tls_client *c, const struct tls_client_params *p)
 {
@@ -214,6 +231,9 @@ tls_conn_client(struct tls_client *c, const struct tls_client_params *p)
 		wolfSSL_set_verify(t->ssl, WOLFSSL_VERIFY_NONE, NULL);
 	}
 	client_fingerprint(t);
+	t->session_done = true; /* nothing to save before a ticket comes */
+	if (t->session_key[0])
+		wolfSSL_set_SessionTicket_cb(t->ssl, client_on_ticket, t);
 	e = t->session_key[0] ? client_lookup(c, t->session_key) : NULL;
 	if (e && memcmp(e->fingerprint, t->fingerprint, TLS_FINGERPRINT_LEN) == 0) {
 		e->used = ++c->clock;
@@ -320,10 +340,15 @@ tls_client_save_session(struct tls_conn *t)
 	if (!t->established || t->failed || t->session_done || !t->session_key[0] ||
 	    c->cache_max == 0)
 		return;
-	s = wolfSSL_get1_session(t->ssl);
+	/* A copy: the live session changes in place with every later NewSessionTicket, and a
+	 * connection resuming from it meanwhile would offer a ticket that no longer matches
+	 * its secret ("binder does not verify"). */
+	s = wolfSSL_get_session(t->ssl);
+	s = s != NULL ? wolfSSL_SESSION_dup(s) : NULL;
 	/* The server keeps no session cache: only a ticket can resume. */
 	if (s == NULL || !wolfSSL_SESSION_has_ticket(s) || !client_resumable(t)) {
 		wolfSSL_SESSION_free(s);
+		t->session_done = true; /* until the next ticket */
 		return;
 	}
 	e = client_slot(c, t->session_key);

@@ -281,11 +281,11 @@ tls_conn_read(struct tls_conn *t, uint8_t *buf, size_t cap, enum tls_status *sta
 		return 0;
 	}
 	n = wolfSSL_read(t->ssl, buf, cap > INT_MAX ? INT_MAX : (int)cap);
+	/* a TLS 1.3 ticket read in this call is complete now: its session is cached */
+	if (!t->is_server && !t->session_done)
+		tls_client_save_session(t);
 	if (n > 0) {
 		*status = TLS_OK;
-		/* A TLS 1.3 ticket comes after the handshake, before the first reply. */
-		if (!t->is_server && !t->session_done)
-			tls_client_save_session(t);
 		return (size_t)n;
 	}
 	*status = conn_status(t, n, "read");
