@@ -218,9 +218,33 @@ tls_conn_client(struct tls_client *c, const struct tls_client_params *p)
 	if (e && memcmp(e->fingerprint, t->fingerprint, TLS_FINGERPRINT_LEN) == 0) {
 		e->used = ++c->clock;
 		t->auth = e->auth; /* used only if the server accepts the session */
-		wolfSSL_set_session(t->ssl, e->session);
+		if (wolfSSL_set_session(t->ssl, e->session) == WOLFSSL_SUCCESS)
+			t->offered = e->session;
 	}
 	return t;
+}
+
+/*
+ * wolfSSL 5.5.4 has no text for some of the OpenSSL codes it reports, and reports
+ * the dates as errors "in" the date fields.
+ */
+static const char *
+client_verify_reason(int err)
+{
+	switch (err) {
+	case X509_V_ERR_CERT_NOT_YET_VALID:
+	case X509_V_ERR_ERROR_IN_CERT_NOT_BEFORE_FIELD:
+		return "certificate is not yet valid";
+	case X509_V_ERR_CERT_HAS_EXPIRED:
+	case X509_V_ERR_ERROR_IN_CERT_NOT_AFTER_FIELD:
+		return "certificate has expired";
+	case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+		return "self-signed certificate";
+	case 0:
+		return "no certificate";
+	default:
+		return wolfSSL_X509_verify_cert_error_string(err);
+	}
 }
 
 /* The chain was checked by wolfSSL during the handshake: what did it conclude? */
@@ -236,10 +260,7 @@ client_chain(struct tls_conn *t)
 		return -1;
 	}
 	if (t->verify == TLS_VERIFY_CHAIN && !trusted) {
-		tls_conn_set_error(t, "verify",
-		                   t->chain_error
-		                       ? wolfSSL_X509_verify_cert_error_string(t->chain_error)
-		                       : "no certificate");
+		tls_conn_set_error(t, "verify", client_verify_reason(t->chain_error));
 		return -1;
 	}
 	leaf = trusted && t->server_name[0] ? tls_peer_leaf(t) : NULL;
@@ -272,6 +293,18 @@ tls_client_established(struct tls_conn *t)
 	return 0;
 }
 
+/*
+ * Only TLS 1.3 sessions are kept. wolfSSL 5.5.4 offers a TLS 1.2 ticket with an empty
+ * session ID, and when the server turns the ticket down and answers with an empty ID
+ * too (wolfSSL servers do, ours among them), the client takes the full handshake for a
+ * resumption and fails ("Out of order message"). TLS 1.2 resumption is only a saving.
+ */
+static bool
+client_resumable(struct tls_conn *t)
+{
+	return wolfSSL_version(t->ssl) == TLS1_3_VERSION;
+}
+
 void
 tls_client_save_session(struct tls_conn *t)
 {
@@ -284,7 +317,7 @@ tls_client_save_session(struct tls_conn *t)
 		return;
 	s = wolfSSL_get1_session(t->ssl);
 	/* The server keeps no session cache: only a ticket can resume. */
-	if (s == NULL || !wolfSSL_SESSION_has_ticket(s)) {
+	if (s == NULL || !wolfSSL_SESSION_has_ticket(s) || !client_resumable(t)) {
 		wolfSSL_SESSION_free(s);
 		return;
 	}
@@ -301,8 +334,16 @@ tls_client_save_session(struct tls_conn *t)
 void
 tls_client_conn_free(struct tls_conn *t)
 {
+	struct session_entry *e;
+
 	if (t->client == NULL)
 		return;
+	/* A handshake that failed after offering a session: never offer that one again. */
+	e = t->offered ? client_lookup(t->client, t->session_key) : NULL;
+	if (e && e->session == t->offered && !t->established) {
+		wolfSSL_SESSION_free(e->session);
+		e->session = NULL;
+	}
 	tls_client_save_session(t);
 	free(t->dane);
 	client_release(t->client);

@@ -41,9 +41,10 @@ struct tls_conn {
 	uint8_t fingerprint[TLS_FINGERPRINT_LEN];
 	struct tls_dane_record *dane; /* copy, dane_count records */
 	unsigned dane_count;
-	int chain_error;   /* first chain verification error seen (0: none) */
-	bool chain_seen;   /* the verify callback ran, so chain_error means something */
-	bool session_done; /* a session with a ticket was saved for session_key */
+	int chain_error;     /* first chain verification error seen (0: none) */
+	bool chain_seen;     /* the verify callback ran, so chain_error means something */
+	bool session_done;   /* a session with a ticket was saved for session_key */
+	const void *offered; /* the cached session offered, to forget if the handshake fails */
 };
 
 /* tls_conn.c */
