@@ -514,11 +514,11 @@ send_handshake(struct send_thread *t, struct send_conn *c)
 
 /* A new client session. The session is saved under the server address and the connection
  * slot: a later connection of the same slot resumes it (unless --no-resume). One session per
- * slot, not one per server as an MTA keeps, works around the adapter: a cached session is
- * the live session of the connection that saved it, which its NewSessionTicket then changes
- * in place, so a connection starting meanwhile from it gets a ticket that does not match its
- * secret, and the server fails its handshake ("binder does not verify"). The certificate is
- * not checked (verify none). */
+ * slot, not one per server as an MTA keeps, works around the adapter: it caches the live
+ * session of a connection that resumed (by reference, at the end of its handshake), whose
+ * secret wolfSSL then replaces while the ticket changes only when a new one arrives, so a
+ * connection resuming from it meanwhile fails ("binder does not verify"). The certificate
+ * is not checked (verify none). */
 static void
 send_tls_start(struct send_thread *t, struct send_conn *c)
 {
