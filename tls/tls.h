@@ -69,7 +69,9 @@ struct tls_client;
 /*
  * ca_file: PEM bundle for `verify` (Debian's /etc/ssl/certs/ca-certificates.crt);
  * NULL or unreadable means `verify` can never succeed (logged by the caller via err).
- * session_cache_max: TLS sessions kept for resumption, one per next hop.
+ * session_cache_max: TLS sessions kept for resumption, one per next hop (TLS 1.3
+ * only, see tls_client.c). With a CA file, `may` connections are checked too, so they
+ * can log trusted/verified. Connections keep the client alive until they are freed.
  */
 struct tls_client *tls_client_new(const char *ca_file, unsigned session_cache_max, char *err,
                                   size_t err_len);

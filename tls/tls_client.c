@@ -289,7 +289,12 @@ tls_client_established(struct tls_conn *t)
 	if (rc != 0)
 		return -1;
 	t->established = true;
-	tls_client_save_session(t);
+	/*
+	 * TLS 1.2 has its ticket now, TLS 1.3 only after the handshake; a resumed TLS 1.3
+	 * connection waits for the fresh ticket the server sends (read or free saves it).
+	 */
+	if (!t->resumed)
+		tls_client_save_session(t);
 	return 0;
 }
 

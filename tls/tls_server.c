@@ -277,8 +277,12 @@ tls_ctx_load_pair(WOLFSSL_CTX *ctx, const char *certificate, const char *key, ch
 int
 tls_ctx_common(WOLFSSL_CTX *ctx)
 {
-	/* wolfSSL_CTX_set1_groups_list does not know X25519 by name; this one does */
-	static const char groups[] = "X25519:P-256:P-384";
+	/*
+	 * wolfSSL_CTX_set1_groups_list does not know X25519 by name; this one does. P-521
+	 * is there because wolfSSL 5.5.4 answers a client offering only groups it does
+	 * not list with a broken HelloRetryRequest instead of an alert.
+	 */
+	static const char groups[] = "X25519:P-256:P-384:P-521";
 
 	if (wolfSSL_CTX_SetMinVersion(ctx, WOLFSSL_TLSV1_2) != WOLFSSL_SUCCESS ||
 	    wolfSSL_CTX_set_cipher_list(ctx, TLS_CIPHERS) != WOLFSSL_SUCCESS ||

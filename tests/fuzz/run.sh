@@ -15,6 +15,11 @@ declare -A sources=(
 	[smtp_server]="core/smtp_server.c core/address.c"
 	[smtp_client]="core/smtp_client.c core/address.c"
 	[journal_replay]="queue/journal.c queue/queue.c queue/crc32c.c"
+	[tls]="tls/cert.c tls/dane.c tls/tls_client.c tls/tls_conn.c tls/tls_server.c"
+)
+# target: the libraries it links besides the sanitizers
+declare -A libs=(
+	[tls]="-lwolfssl"
 )
 
 pass=0 fail=0
@@ -29,7 +34,7 @@ for src in tests/fuzz/fuzz_*.c; do
 	bin=$out/fuzz_$name
 	# shellcheck disable=SC2086
 	if ! clang -g -O1 -std=gnu11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
-		-fno-sanitize-recover=undefined -I. "$src" ${sources[$name]} -o "$bin" \
+		-fno-sanitize-recover=undefined -I. "$src" ${sources[$name]} -o "$bin" ${libs[$name]:-} \
 		>"$out/$name.build.log" 2>&1; then
 		echo "fuzz $name: FAILED (build)"; tail -20 "$out/$name.build.log"
 		fail=$((fail + 1))

@@ -232,6 +232,54 @@ test_handshakes(void)
 	}
 }
 
+/* The client offers only `ciphers` (and at most max_version): what is agreed, or "". */
+static void
+offer(const char *ciphers, int max_version, char *out, size_t len)
+{
+	struct tls_server *s = server_with(FIX "ecdsa.pem", FIX "ecdsa.key", NULL);
+	struct tls_client *c = client_with(NULL, 0);
+	struct tls_client_params cp = {"mx.ringmx.test", NULL, TLS_VERIFY_NONE, NULL, 0};
+	struct pair p = {tls_conn_server(s), tls_conn_client(c, &cp), TLS_WANT, TLS_WANT};
+	WOLFSSL *ssl = tls_conn_ssl(p.c);
+
+	out[0] = '\0';
+	if (wolfSSL_set_max_proto_version(ssl, max_version) == WOLFSSL_SUCCESS &&
+	    wolfSSL_set_cipher_list(ssl, ciphers) == WOLFSSL_SUCCESS && pump(&p, false) == 0)
+		snprintf(out, len, "%s", tls_conn_cipher(p.s));
+	else if (p.ss == TLS_ERROR)
+		snprintf(out, len, "%s", tls_conn_error(p.s));
+	pair_close(&p);
+	tls_server_free(s);
+	tls_client_free(c);
+}
+
+static void
+test_suites(void)
+{
+	char got[TLS_ERROR_LEN];
+
+	/* the server's order wins: ChaCha20 first (no AES-NI in this wolfSSL) */
+	offer("TLS13-AES128-GCM-SHA256:TLS13-CHACHA20-POLY1305-SHA256", TLS1_3_VERSION, got,
+	      sizeof(got));
+	CHECK(strcmp(got, "TLS_CHACHA20_POLY1305_SHA256") == 0);
+	offer("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305", TLS12_VERSION, got,
+	      sizeof(got));
+	CHECK(strcmp(got, "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256") == 0);
+	offer("TLS13-AES256-GCM-SHA384", TLS1_3_VERSION, got, sizeof(got));
+	CHECK(strcmp(got, "TLS_AES_256_GCM_SHA384") == 0);
+	offer("ECDHE-ECDSA-AES256-GCM-SHA384", TLS12_VERSION, got, sizeof(got));
+	CHECK(strcmp(got, "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384") == 0);
+	/* no CBC, no static RSA key exchange */
+	offer("ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES128-SHA", TLS12_VERSION, got, sizeof(got));
+	CHECK(strncmp(got, "handshake: ", 11) == 0);
+	printf("CBC only: %s\n", got);
+	offer("AES128-GCM-SHA256", TLS12_VERSION, got, sizeof(got));
+	CHECK(strncmp(got, "TLS_", 4) != 0);
+	/* TLS 1.1, if this wolfSSL can still speak it */
+	offer("ECDHE-ECDSA-AES128-SHA", 0x0302, got, sizeof(got));
+	CHECK(strncmp(got, "TLS_", 4) != 0);
+}
+
 /* The client's view of which certificate it got: a DANE-EE record of that one matches. */
 static enum tls_auth
 sni_auth(struct tls_server *s, const char *name, const char *expect_cert, char *sni, size_t len)
@@ -420,7 +468,7 @@ dane_run(const char *cert, const char *key, const char *name, const struct tls_d
 }
 
 static void
-test_dane(void)
+test_dane_ee(void)
 {
 	static const int ee[][2] = {{1, 1}, {0, 1}, {1, 2}, {1, 0}, {0, 2}};
 	struct tls_dane_record r[3];
@@ -455,6 +503,15 @@ test_dane(void)
 	CHECK(dane_run(FIX "wrongname.pem", FIX "wrongname.key", "mx.ringmx.test", r, 1, &a, err,
 	               sizeof(err)) == TLS_OK);
 	CHECK(a == TLS_AUTH_DANE);
+}
+
+static void
+test_dane_ta(void)
+{
+	struct tls_dane_record r[2];
+	enum tls_auth a;
+	char err[TLS_ERROR_LEN];
+
 	/* DANE-TA: the CA is sent in the chain, the leaf chains to it and has the name */
 	r[0] = tlsa("ca", 2, 0, 1);
 	CHECK(dane_run(FIX "ecdsa-chain.pem", FIX "ecdsa.key", "mx.ringmx.test", r, 1, &a, err,
@@ -468,6 +525,14 @@ test_dane(void)
 	CHECK(dane_run(FIX "ecdsa-chain.pem", FIX "ecdsa.key", "wrong.ringmx.test", r, 1, &a, err,
 	               sizeof(err)) == TLS_ERROR);
 	CHECK(strncmp(err, "dane: ", 6) == 0);
+	/* an intermediate CA as the trust anchor */
+	r[0] = tlsa("ica", 2, 1, 1);
+	CHECK(dane_run(FIX "ica-chain.pem", FIX "ica-leaf.key", "mx.ringmx.test", r, 1, &a, err,
+	               sizeof(err)) == TLS_OK);
+	CHECK(a == TLS_AUTH_DANE);
+	CHECK(dane_run(FIX "ica-chain.pem", FIX "ica-leaf.key", "other.ringmx.test", r, 1, &a, err,
+	               sizeof(err)) == TLS_ERROR);
+	r[0] = tlsa("ca", 2, 0, 1);
 	/* the CA not in the chain the server sent: no match */
 	CHECK(dane_run(FIX "ecdsa.pem", FIX "ecdsa.key", "mx.ringmx.test", r, 1, &a, err,
 	               sizeof(err)) == TLS_ERROR);
@@ -526,6 +591,11 @@ test_verify(void)
 	CHECK(verify_run(FIX "rsa.pem", FIX "rsa.key", ca, "mx.ringmx.test", TLS_VERIFY_CHAIN, &a,
 	                 err, sizeof(err)) == TLS_OK);
 	CHECK(a == TLS_AUTH_VERIFIED);
+	CHECK(verify_run(FIX "ica-chain.pem", FIX "ica-leaf.key", ca, "mx.ringmx.test",
+	                 TLS_VERIFY_CHAIN, &a, err, sizeof(err)) == TLS_OK);
+	CHECK(a == TLS_AUTH_VERIFIED);
+	CHECK(verify_run(FIX "ica-leaf.pem", FIX "ica-leaf.key", ca, "mx.ringmx.test",
+	                 TLS_VERIFY_CHAIN, &a, err, sizeof(err)) == TLS_ERROR);
 	CHECK(verify_run(e, k, ca, "other.ringmx.test", TLS_VERIFY_CHAIN, &a, err, sizeof(err)) ==
 	      TLS_ERROR);
 	CHECK(strcmp(err, "verify: certificate name mismatch") == 0);
@@ -691,14 +761,19 @@ test_renegotiation(void)
 	wolfSSL_set_max_proto_version(tls_conn_ssl(p.c), TLS12_VERSION);
 	CHECK(wolfSSL_UseSecureRenegotiation(tls_conn_ssl(p.c)) == WOLFSSL_SUCCESS);
 	CHECK(pump(&p, false) == 0);
+	/* this wolfSSL can send one: the client's side of RFC 5746 is compiled in */
 	rc = wolfSSL_Rehandshake(tls_conn_ssl(p.c));
-	printf("renegotiation: client Rehandshake %d (error %d)\n", rc,
-	       wolfSSL_get_error(tls_conn_ssl(p.c), rc));
-	move(p.c, p.s, false);
-	tls_conn_read(p.s, b, sizeof(b), &st);
-	printf("renegotiation: server read status %d: %s\n", st, tls_conn_error(p.s));
-	CHECK(st == TLS_ERROR || st == TLS_WANT);
-	CHECK(wolfSSL_Rehandshake(tls_conn_ssl(p.c)) != WOLFSSL_SUCCESS);
+	CHECK(rc != WOLFSSL_SUCCESS);
+	CHECK(wolfSSL_get_error(tls_conn_ssl(p.c), rc) == WOLFSSL_ERROR_WANT_READ);
+	CHECK(move(p.c, p.s, false));
+	CHECK(tls_conn_read(p.s, b, sizeof(b), &st) == 0);
+	CHECK(st == TLS_ERROR);
+	CHECK(strncmp(tls_conn_error(p.s), "read: ", 6) == 0);
+	printf("renegotiation refused: %s\n", tls_conn_error(p.s));
+	/* the server's alert ends the client too */
+	move(p.s, p.c, false);
+	CHECK(tls_conn_read(p.c, b, sizeof(b), &st) == 0);
+	CHECK(st == TLS_ERROR);
 	pair_close(&p);
 	tls_server_free(s);
 	tls_client_free(c);
@@ -811,10 +886,10 @@ elapsed_us(const struct timespec *a, const struct timespec *b)
 
 /* Time spent inside each side's handshake calls, per full handshake (no resumption). */
 static void
-time_handshakes(const char *what, const char *cert, const char *key)
+time_handshakes(const char *what, const char *cert, const char *key, const char *ca)
 {
 	struct tls_server *s = server_with(cert, key, NULL);
-	struct tls_client *c = client_with(NULL, 0);
+	struct tls_client *c = client_with(ca, 0);
 	struct tls_client_params cp = {"mx.ringmx.test", NULL, TLS_VERIFY_NONE, NULL, 0};
 	double server_us = 0, client_us = 0;
 
@@ -839,8 +914,9 @@ time_handshakes(const char *what, const char *cert, const char *key)
 		CHECK(p.ss == TLS_OK && p.cs == TLS_OK);
 		pair_close(&p);
 	}
-	printf("%s TLS 1.3 full handshake: server %.0f us, client %.0f us\n", what,
-	       server_us / HANDSHAKES_TIMED, client_us / HANDSHAKES_TIMED);
+	printf("%s TLS 1.3 full handshake: server %.0f us, client %.0f us%s\n", what,
+	       server_us / HANDSHAKES_TIMED, client_us / HANDSHAKES_TIMED,
+	       ca ? " (client checks the chain)" : "");
 	tls_server_free(s);
 	tls_client_free(c);
 }
@@ -858,18 +934,22 @@ main(void)
 	test_inspect();
 	test_selfsigned();
 	test_handshakes();
+	test_suites();
 	test_sni();
 	test_resumption();
 	test_resumption_tls12();
 	test_resumption_auth();
-	test_dane();
+	test_dane_ee();
+	test_dane_ta();
 	test_verify();
 	test_garbage();
 	test_truncated();
 	test_bounds();
 	test_renegotiation();
-	time_handshakes("ECDSA P-256", FIX "ecdsa.pem", FIX "ecdsa.key");
-	time_handshakes("RSA 2048", FIX "rsa.pem", FIX "rsa.key");
+	time_handshakes("ECDSA P-256", FIX "ecdsa.pem", FIX "ecdsa.key", NULL);
+	time_handshakes("ECDSA P-256", FIX "ecdsa.pem", FIX "ecdsa.key", FIX "ca.pem");
+	time_handshakes("RSA 2048", FIX "rsa.pem", FIX "rsa.key", NULL);
+	time_handshakes("RSA 2048", FIX "rsa.pem", FIX "rsa.key", FIX "ca.pem");
 	tls_tickets_free(tickets);
 	tls_tickets_free(tickets2);
 	tls_global_free();
