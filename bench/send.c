@@ -5,6 +5,7 @@
 #include "bench/reply.h"
 #include "bench/report.h"
 #include "bench/ring.h"
+#include "bench/tls_thread.h"
 #include "tls/tls.h"
 
 #include <assert.h>
@@ -934,8 +935,10 @@ send_thread_main(void *arg)
 		if (t->conns[i].tls)
 			tls_conn_free(t->conns[i].tls);
 	}
-	if (t->tls)
+	if (t->tls) {
 		tls_client_free(t->tls);
+		bench_tls_thread_end();
+	}
 	__atomic_store_n(&t->done, 1, __ATOMIC_RELEASE);
 	return NULL;
 }
