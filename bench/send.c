@@ -31,6 +31,7 @@
 #define SEND_FINAL_DOT_LEN     3  /* the ".\r\n" ending msggen's body: DATA framing, not content */
 #define SEND_EHLO              "EHLO ringmx-bench.test\r\n"
 #define SEND_HELO              "HELO ringmx-bench.test\r\n"
+#define SEND_TLS_SESSIONS_MAX  1 /* sessions cached per thread: one server, --server */
 
 enum send_state {
 	SEND_CONNECTING,
@@ -513,24 +514,18 @@ send_handshake(struct send_thread *t, struct send_conn *c)
 	}
 }
 
-/* A new client session. The session is saved under the server address and the connection
- * slot: a later connection of the same slot resumes it (unless --no-resume). One session per
- * slot, not one per server as an MTA keeps, works around the adapter: it caches the live
- * session of a connection that resumed (by reference, at the end of its handshake), whose
- * secret wolfSSL then replaces while the ticket changes only when a new one arrives, so a
- * connection resuming from it meanwhile fails ("binder does not verify"). The certificate
- * is not checked (verify none). */
+/* A new client session. The session is saved under the server address (--server as
+ * given), so later connections to that server resume it, unless --no-resume. The
+ * certificate is not checked (verify none). */
 static void
 send_tls_start(struct send_thread *t, struct send_conn *c)
 {
 	const struct send_opts *o = t->sh->o;
-	char key[TLS_NAME_LEN];
 	struct tls_client_params p = {
-	    .session_key = o->no_resume ? NULL : key,
+	    .session_key = o->no_resume ? NULL : o->server,
 	    .verify = TLS_VERIFY_NONE,
 	};
 
-	snprintf(key, sizeof(key), "%s#%u", o->server, c->slot);
 	assert(!c->tls);
 	c->tls = tls_conn_client(t->tls, &p);
 	if (!c->tls) {
@@ -981,7 +976,7 @@ send_tls_client(struct send_thread *t)
 {
 	char err[TLS_ERROR_LEN];
 
-	t->tls = tls_client_new(NULL, t->nconns, err, sizeof(err)); /* a session per slot */
+	t->tls = tls_client_new(NULL, SEND_TLS_SESSIONS_MAX, err, sizeof(err));
 	if (!t->tls) {
 		fprintf(stderr, "ringmx-bench send: TLS client setup failed: %s\n", err);
 		return -1;
