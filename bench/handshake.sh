@@ -104,9 +104,10 @@ pf_smtpd_delta() {	# before-file after-file -> ticks
 jget() { /usr/bin/python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d[sys.argv[2]])' "$@"; }
 
 ROWS=()
-row() { ROWS+=("$(printf '%-16s %-6s %-8s %9s %9s %9s %14s %14s %14s' "$@")"); }
+row() { ROWS+=("$(printf '%-12s %-6s %-8s %9s %9s %8s %9s %13s %13s %11s' "$@")"); }
 
-# load PORT MODE TAG: one run of the load generator; sets L_MSGS L_HS L_RES L_SEND_US, or
+# load PORT MODE TAG: one run of the load generator; sets L_MSGS L_HS L_RES L_CE (failed
+# connections, handshakes among them: their CPU is in the per-handshake figures) L_SEND_US, or
 # returns 1 (L_ERR: its first error) when it failed
 load() {
     local port=$1 mode=$2 tag=$3 extra=()
@@ -127,6 +128,7 @@ print(d["ok"], "ok,", d["conn_errors"], "connection errors:", e[0]["text"] if e 
     local hs res; hs=$(jget "$WORK/$tag.json" handshakes); res=$(jget "$WORK/$tag.json" handshakes_resumed)
     L_RES=$(awk -v h="$hs" -v r="$res" 'BEGIN { printf "%.0f%%", h ? 100 * r / h : 0 }')
     L_NHS=$hs
+    L_CE=$(jget "$WORK/$tag.json" conn_errors)
     L_SEND_US=$(awk -v n="$hs" '{ printf "%.0f", ($1 + $2) / n * 1e6 }' "$WORK/$tag.cpu")
 }
 per_hs() { awk -v t="$1" -v hz="$HZ" -v n="$2" 'BEGIN { printf "%.0f", t / hz / n * 1e6 }'; }
@@ -145,7 +147,7 @@ run_target() {	# cert mode
     fi
     t1=$(ticks "$TARGET_PID")
     stop_pid "$TARGET_PID"; wait "$TARGET_PID" 2>/dev/null || true; TARGET_PID=""
-    row "ringmx-side" "$cert" "$mode" "$L_MSGS" "$L_HS" "$L_RES" "$(per_hs $((t1 - t0)) "$L_NHS")" "-" "$L_SEND_US"
+    row "ringmx-side" "$cert" "$mode" "$L_MSGS" "$L_HS" "$L_RES" "$L_CE" "$(per_hs $((t1 - t0)) "$L_NHS")" "-" "$L_SEND_US"
     eval "R_${cert}_${mode}=$L_HS RC_${cert}_${mode}=$(per_hs $((t1 - t0)) "$L_NHS")"
 }
 
@@ -248,7 +250,7 @@ run_postfix() {	# cert mode
     sleep 0.5	# the queue manager's discards of the last messages
     pf_smtpd_ticks >"$WORK/smtpd.after"; a1=$(pf_all_ticks)
     sm=$(pf_smtpd_delta "$WORK/smtpd.before" "$WORK/smtpd.after")
-    row "postfix" "$cert" "$mode" "$L_MSGS" "$L_HS" "$L_RES" "$(per_hs "$sm" "$L_NHS")" \
+    row "postfix" "$cert" "$mode" "$L_MSGS" "$L_HS" "$L_RES" "$L_CE" "$(per_hs "$sm" "$L_NHS")" \
         "$(per_hs $((a1 - a0)) "$L_NHS")" "$L_SEND_US"
     eval "P_${cert}_${mode}=$L_HS PC_${cert}_${mode}=$(per_hs "$sm" "$L_NHS")"
 }
@@ -269,8 +271,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) pri
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 echo "handshake.sh  date=$(date -u +%Y-%m-%dT%H%MZ)  commit=$COMMIT  nproc=$(nproc)  kernel=$(uname -r)"
 echo "N=$N C=$C SIZE=$SIZE SEND_THREADS=$SEND_THREADS; one message per connection, implicit TLS"
-printf '%-16s %-6s %-8s %9s %9s %9s %14s %14s %14s\n' server cert mode msgs/s hs/s resumed \
-    "server_us/hs" "pf_all_us/hs" "send_us/hs"
+printf '%-12s %-6s %-8s %9s %9s %8s %9s %13s %13s %11s\n' server cert mode msgs/s hs/s resumed \
+    conn_err "server_us/hs" "pf_all_us/hs" "send_us/hs"
 printf '%s\n' "${ROWS[@]}"
 for c in $CERTS; do for m in $MODES; do
     r=R_${c}_${m} p=P_${c}_${m} rc=RC_${c}_${m} pc=PC_${c}_${m}

@@ -5,6 +5,7 @@
 #include "bench/reply.h"
 #include "bench/report.h"
 #include "bench/ring.h"
+#include "bench/tls_thread.h"
 #include "tls/tls.h"
 
 #include <assert.h>
@@ -30,6 +31,7 @@
 #define SEND_FINAL_DOT_LEN     3  /* the ".\r\n" ending msggen's body: DATA framing, not content */
 #define SEND_EHLO              "EHLO ringmx-bench.test\r\n"
 #define SEND_HELO              "HELO ringmx-bench.test\r\n"
+#define SEND_TLS_SESSIONS_MAX  1 /* sessions cached per thread: one server, --server */
 
 enum send_state {
 	SEND_CONNECTING,
@@ -512,24 +514,18 @@ send_handshake(struct send_thread *t, struct send_conn *c)
 	}
 }
 
-/* A new client session. The session is saved under the server address and the connection
- * slot: a later connection of the same slot resumes it (unless --no-resume). One session per
- * slot, not one per server as an MTA keeps, works around the adapter: a cached session is
- * the live session of the connection that saved it, which its NewSessionTicket then changes
- * in place, so a connection starting meanwhile from it gets a ticket that does not match its
- * secret, and the server fails its handshake ("binder does not verify"). The certificate is
- * not checked (verify none). */
+/* A new client session. The session is saved under the server address (--server as
+ * given), so later connections to that server resume it, unless --no-resume. The
+ * certificate is not checked (verify none). */
 static void
 send_tls_start(struct send_thread *t, struct send_conn *c)
 {
 	const struct send_opts *o = t->sh->o;
-	char key[TLS_NAME_LEN];
 	struct tls_client_params p = {
-	    .session_key = o->no_resume ? NULL : key,
+	    .session_key = o->no_resume ? NULL : o->server,
 	    .verify = TLS_VERIFY_NONE,
 	};
 
-	snprintf(key, sizeof(key), "%s#%u", o->server, c->slot);
 	assert(!c->tls);
 	c->tls = tls_conn_client(t->tls, &p);
 	if (!c->tls) {
@@ -934,8 +930,10 @@ send_thread_main(void *arg)
 		if (t->conns[i].tls)
 			tls_conn_free(t->conns[i].tls);
 	}
-	if (t->tls)
+	if (t->tls) {
 		tls_client_free(t->tls);
+		bench_tls_thread_end();
+	}
 	__atomic_store_n(&t->done, 1, __ATOMIC_RELEASE);
 	return NULL;
 }
@@ -978,7 +976,7 @@ send_tls_client(struct send_thread *t)
 {
 	char err[TLS_ERROR_LEN];
 
-	t->tls = tls_client_new(NULL, t->nconns, err, sizeof(err)); /* a session per slot */
+	t->tls = tls_client_new(NULL, SEND_TLS_SESSIONS_MAX, err, sizeof(err));
 	if (!t->tls) {
 		fprintf(stderr, "ringmx-bench send: TLS client setup failed: %s\n", err);
 		return -1;

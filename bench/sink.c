@@ -1,6 +1,7 @@
 #include "bench/sink.h"
 
 #include "bench/ring.h"
+#include "bench/tls_thread.h"
 #include "tls/tls.h"
 
 #include <assert.h>
@@ -986,8 +987,10 @@ sink_thread_main(void *arg)
 			free(t->conns[i]);
 		}
 	}
-	if (t->tls)
+	if (t->tls) {
 		tls_server_free(t->tls);
+		bench_tls_thread_end();
+	}
 	return NULL;
 }
 

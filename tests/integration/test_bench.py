@@ -667,3 +667,36 @@ def test_send_tls_against_python_ssl_server(resume):
             assert rep["handshakes_resumed"] == 0
     finally:
         close()
+
+
+def test_sink_closes_after_failed_handshake(procs):
+    """A failed implicit-TLS handshake closes at once: the greeting waiting for encryption
+    must not keep the connection open until --idle-timeout."""
+    port, sink = start_sink(procs, "--tls", TLS_ARG, "--implicit-tls", "--json",
+                            "--idle-timeout", "30", "--threads", "1")
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"EHLO plaintext.test\r\n" * 4)
+        got = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+    assert time.monotonic() - t0 < 5 and b"220" not in got
+    src, out, _ = procs.stop(sink)
+    summary = json.loads(out)
+    assert summary["tls_errors"] == 1 and summary["handshakes"] == 0
+
+
+def test_sink_tls_setup_errors():
+    for args, text in ((["--tls", "nocomma"], "--tls wants CERT,KEY"),
+                       (["--tls", f"/nonexistent.pem,{KEY}"], "/nonexistent.pem"),
+                       (["--tls", f"{CERT},{os.path.join(FIXTURES, 'rsa.key')}"], "match"),
+                       (["--implicit-tls"], "--implicit-tls needs --tls")):
+        p = subprocess.run([bench_bin(), "sink", "--listen", f"127.0.0.1:{free_port()}", *args],
+                           capture_output=True, text=True, timeout=10)
+        assert p.returncode == 2 and text in p.stderr, (args, p.stderr)
+    p = subprocess.run([bench_bin(), "send", "--server", "127.0.0.1:1", "--tls", "--starttls"],
+                       capture_output=True, text=True, timeout=10)
+    assert p.returncode == 2 and "exclude each other" in p.stderr
