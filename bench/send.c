@@ -5,7 +5,6 @@
 #include "bench/reply.h"
 #include "bench/report.h"
 #include "bench/ring.h"
-#include "bench/tls_thread.h"
 #include "tls/tls.h"
 
 #include <assert.h>
@@ -932,7 +931,7 @@ send_thread_main(void *arg)
 	}
 	if (t->tls) {
 		tls_client_free(t->tls);
-		bench_tls_thread_end();
+		tls_thread_free();
 	}
 	__atomic_store_n(&t->done, 1, __ATOMIC_RELEASE);
 	return NULL;

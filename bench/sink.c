@@ -1,7 +1,6 @@
 #include "bench/sink.h"
 
 #include "bench/ring.h"
-#include "bench/tls_thread.h"
 #include "tls/tls.h"
 
 #include <assert.h>
@@ -989,7 +988,7 @@ sink_thread_main(void *arg)
 	}
 	if (t->tls) {
 		tls_server_free(t->tls);
-		bench_tls_thread_end();
+		tls_thread_free();
 	}
 	return NULL;
 }

@@ -397,6 +397,7 @@ worker_main(void *arg)
 	worker_arm_mailbox(w);
 	worker_loop(w);
 	log_flush();
+	tls_thread_free();
 	return NULL;
 }
 

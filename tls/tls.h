@@ -32,6 +32,12 @@
 int tls_global_init(void);
 void tls_global_free(void);
 
+/*
+ * Called by every thread that used TLS, as it ends: wolfSSL keeps a per-thread
+ * cache of ECC points (about 3 MB) that only the thread itself can free.
+ */
+void tls_thread_free(void);
+
 /* ---- session tickets, shared read-only by the workers ---------------------------- */
 
 struct tls_tickets;

@@ -13,8 +13,10 @@
 
 #include "tls/tls_internal.h"
 
-#define TLS_BUF_MIN  4096        /* first allocation of a queue */
-#define TLS_BUF_KEEP (16 * 1024) /* an empty queue bigger than this is given back */
+#include <wolfssl/wolfcrypt/ecc.h>
+
+#define TLS_BUF_MIN  4096 /* first allocation of a queue */
+#define TLS_BUF_KEEP 0    /* an empty queue is given back: idle sessions hold no buffer */
 
 static_assert(TLS_OUT_MAX > 4 * (TLS_RECORD_MAX + TLS_RECORD_OVERHEAD), "records fit the output");
 static_assert(TLS_IN_MAX > TLS_RECORD_MAX + TLS_RECORD_OVERHEAD, "one whole record fits the input");
@@ -32,6 +34,14 @@ void
 tls_global_free(void)
 {
 	wolfSSL_Cleanup();
+}
+
+void
+tls_thread_free(void)
+{
+#ifdef FP_ECC
+	wc_ecc_fp_free();
+#endif
 }
 
 static size_t
