@@ -4,6 +4,7 @@
 
 #include "bench/msggen.h"
 #include "bench/ring.h"
+#include "tls/tls.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -37,6 +38,9 @@ enum bench_opt {
 	OPT_IDLE_TIMEOUT,
 	OPT_BDAT,
 	OPT_NO_CHUNKING,
+	OPT_PER_CONNECTION,
+	OPT_NO_RESUME,
+	OPT_IMPLICIT_TLS,
 };
 
 static const struct option send_longopts[] = {
@@ -56,6 +60,8 @@ static const struct option send_longopts[] = {
     {"threads", required_argument, NULL, OPT_THREADS},
     {"timeout", required_argument, NULL, OPT_TIMEOUT},
     {"bdat", no_argument, NULL, OPT_BDAT},
+    {"messages-per-connection", required_argument, NULL, OPT_PER_CONNECTION},
+    {"no-resume", no_argument, NULL, OPT_NO_RESUME},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -70,6 +76,7 @@ static const struct option sink_longopts[] = {
     {"threads", required_argument, NULL, OPT_THREADS},
     {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
     {"no-chunking", no_argument, NULL, OPT_NO_CHUNKING},
+    {"implicit-tls", no_argument, NULL, OPT_IMPLICIT_TLS},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -78,12 +85,13 @@ static const char send_usage[] =
     "usage: ringmx-bench send --server HOST:PORT [--connections C] [--messages N]\n"
     "         [--size BYTES] [--rcpts R] [--from ADDR] [--to ADDR|--to-domain D]\n"
     "         [--starttls|--tls] [--auth USER:PASS] [--rate MSGS_PER_S] [--json]\n"
-    "         [--threads T] [--timeout SECONDS] [--bdat]\n";
+    "         [--threads T] [--timeout SECONDS] [--bdat] [--messages-per-connection K]\n"
+    "         [--no-resume]\n";
 
 static const char sink_usage[] =
-    "usage: ringmx-bench sink --listen HOST:PORT [--tls CERT,KEY] [--reply CODE:FRACTION,...]\n"
-    "         [--expect N] [--record FILE] [--json] [--threads T] [--idle-timeout SECONDS]\n"
-    "         [--no-chunking]\n";
+    "usage: ringmx-bench sink --listen HOST:PORT [--tls CERT,KEY [--implicit-tls]]\n"
+    "         [--reply CODE:FRACTION,...] [--expect N] [--record FILE] [--json] [--threads T]\n"
+    "         [--idle-timeout SECONDS] [--no-chunking]\n";
 
 static int
 bench_usage(const char *usage, const char *why)
@@ -95,10 +103,20 @@ bench_usage(const char *usage, const char *why)
 }
 
 static int
-bench_no_tls(const char *flag)
+bench_no_auth(void)
 {
-	fprintf(stderr, "ringmx-bench: %s needs TLS support (not built yet)\n", flag);
+	fprintf(stderr, "ringmx-bench: --auth needs TLS support (not built yet)\n");
 	return 2;
+}
+
+/* The adapter's process-wide setup, only for runs that use TLS. */
+static int
+bench_tls_init(void)
+{
+	if (tls_global_init() == 0)
+		return 0;
+	fprintf(stderr, "ringmx-bench: TLS library initialisation failed (wolfSSL)\n");
+	return -1;
 }
 
 /* Parses a decimal in [min, max]; returns 0 or -EINVAL with a message. */
@@ -193,11 +211,20 @@ send_opt(struct send_opts *o, int opt, const char *arg)
 		o->bdat = 1;
 		break;
 	case OPT_STARTTLS:
-		return bench_no_tls("--starttls");
+		o->starttls = 1;
+		break;
 	case OPT_TLS:
-		return bench_no_tls("--tls");
+		o->tls = 1;
+		break;
+	case OPT_NO_RESUME:
+		o->no_resume = 1;
+		break;
+	case OPT_PER_CONNECTION:
+		rc = bench_uint("--messages-per-connection", arg, 1, UINT64_MAX / 2,
+		                &o->per_connection);
+		break;
 	case OPT_AUTH:
-		return bench_no_tls("--auth");
+		return bench_no_auth();
 	default:
 		return bench_usage(send_usage, NULL);
 	}
@@ -228,10 +255,18 @@ send_main(int argc, char **argv)
 		return bench_usage(send_usage, "unexpected argument");
 	if (!o.server)
 		return bench_usage(send_usage, "--server is required");
+	if (o.starttls && o.tls)
+		return bench_usage(send_usage, "--starttls and --tls exclude each other");
 	if (strlen(o.from) >= MSGGEN_ADDR_MAX || (o.to && strlen(o.to) >= MSGGEN_ADDR_MAX) ||
 	    strlen(o.to_domain) >= MSGGEN_ADDR_MAX - 16)
 		return bench_usage(send_usage, "addresses must be shorter than 240 bytes");
-	return send_run(&o);
+	if (!o.starttls && !o.tls)
+		return send_run(&o);
+	if (bench_tls_init() < 0)
+		return 2;
+	rc = send_run(&o);
+	tls_global_free();
+	return rc;
 }
 
 /* "451:0.1,550:0.05" */
@@ -259,6 +294,24 @@ sink_parse_rules(struct sink_opts *o, const char *arg)
 		p = *end == ',' ? end + 1 : end;
 	}
 	return o->nrules > 0 && sum <= 1.0 + 1e-9 ? 0 : -EINVAL;
+}
+
+/* Splits "CERT,KEY" into the two paths kept in o. */
+static int
+sink_parse_tls(struct sink_opts *o, const char *arg)
+{
+	const char *comma = strchr(arg, ',');
+	size_t n = comma ? (size_t)(comma - arg) : 0;
+
+	if (!comma || n == 0 || comma[1] == '\0' || n >= sizeof(o->tls_cert) ||
+	    strlen(comma + 1) >= sizeof(o->tls_key)) {
+		bench_usage(sink_usage, "--tls wants CERT,KEY (two PEM files)");
+		return -EINVAL;
+	}
+	memcpy(o->tls_cert, arg, n);
+	o->tls_cert[n] = '\0';
+	snprintf(o->tls_key, sizeof(o->tls_key), "%s", comma + 1);
+	return 0;
 }
 
 static int
@@ -298,7 +351,11 @@ sink_opt(struct sink_opts *o, int opt, const char *arg)
 		o->no_chunking = 1;
 		break;
 	case OPT_TLS:
-		return bench_no_tls("--tls");
+		rc = sink_parse_tls(o, arg);
+		break;
+	case OPT_IMPLICIT_TLS:
+		o->implicit_tls = 1;
+		break;
 	default:
 		return bench_usage(sink_usage, NULL);
 	}
@@ -320,7 +377,15 @@ sink_main(int argc, char **argv)
 		return bench_usage(sink_usage, "unexpected argument");
 	if (!o.listen)
 		return bench_usage(sink_usage, "--listen is required");
-	return sink_run(&o);
+	if (o.implicit_tls && !o.tls_cert[0])
+		return bench_usage(sink_usage, "--implicit-tls needs --tls CERT,KEY");
+	if (!o.tls_cert[0])
+		return sink_run(&o);
+	if (bench_tls_init() < 0)
+		return 2;
+	rc = sink_run(&o);
+	tls_global_free();
+	return rc;
 }
 
 int

@@ -5,6 +5,7 @@
 #include "bench/reply.h"
 #include "bench/report.h"
 #include "bench/ring.h"
+#include "tls/tls.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -35,6 +36,8 @@ enum send_state {
 	SEND_GREETING,
 	SEND_EHLO_WAIT,
 	SEND_HELO_WAIT,
+	SEND_STARTTLS_WAIT,
+	SEND_HANDSHAKE, /* TLS: ciphertext goes through the adapter until it is done */
 	SEND_SCHEDULED, /* --rate: waiting for this message's start time */
 	SEND_TXN,       /* MAIL, RCPTs, DATA written; their replies pending */
 	SEND_BODY,      /* body written; final reply pending */
@@ -53,6 +56,12 @@ struct send_conn {
 	enum send_state state;
 	int pipelining;
 	int chunking;
+	int starttls_offered;
+	int recycle;           /* QUIT because of --messages-per-connection: connect again */
+	int seq_reserved;      /* seq is taken for the next connection's first transaction */
+	unsigned msgs_on_conn; /* transactions begun on this connection */
+	struct tls_conn *tls;  /* NULL on plaintext connections */
+	uint64_t t_hs_ns;
 	int bdat_txn;   /* this transaction goes as BDAT <n> LAST: its reply is the final one */
 	unsigned fails; /* consecutive failures */
 	unsigned stage; /* replies seen in the transaction: MAIL, RCPT 1..R, DATA or BDAT */
@@ -64,6 +73,7 @@ struct send_conn {
 	uint64_t t_start_ns;
 	uint64_t t_data_end_ns;
 	int sending;
+	int sending_tls; /* the send in flight is the adapter's ciphertext, not the iovs */
 	unsigned iov_head;
 	unsigned iov_n;
 	struct iovec iov[SEND_IOV_MAX];
@@ -96,6 +106,9 @@ struct send_counts {
 	uint64_t rcpt_tempfail;
 	uint64_t rcpt_permfail;
 	uint64_t bytes; /* message bytes delivered */
+	uint64_t connections_opened;
+	uint64_t handshakes;
+	uint64_t handshakes_resumed;
 };
 
 struct send_thread {
@@ -111,8 +124,11 @@ struct send_thread {
 	uint64_t t_last_ns;
 	struct hist lat_data;
 	struct hist lat_txn;
+	struct hist lat_hs;
+	struct tls_client *tls; /* per thread: adapter contexts are not shared */
 	time_t date_sec;
 	char date[64];
+	uint8_t plain[RING_BUF_SIZE]; /* replies decrypted from one receive */
 };
 
 #define STAT_ADD(t, field, n) __atomic_fetch_add(&(t)->st.field, (n), __ATOMIC_RELAXED)
@@ -143,11 +159,64 @@ conn_fail(struct send_thread *t, struct send_conn *c, const char *reason)
 	conn_close(t, c);
 }
 
+/* Feeds the queued plaintext to the adapter; 0, or -1 when the connection failed. */
+static int
+conn_encrypt(struct send_thread *t, struct send_conn *c)
+{
+	char why[TLS_ERROR_LEN + 16];
+
+	while (c->iov_head < c->iov_n) {
+		struct iovec *v = &c->iov[c->iov_head];
+		ssize_t n = tls_conn_write(c->tls, v->iov_base, v->iov_len);
+
+		if (n < 0) {
+			snprintf(why, sizeof(why), "TLS write: %s", tls_conn_error(c->tls));
+			conn_fail(t, c, why);
+			return -1;
+		}
+		if ((size_t)n < v->iov_len) { /* TLS_OUT_MAX waits: the rest after this send */
+			v->iov_base = (char *)v->iov_base + n;
+			v->iov_len -= (size_t)n;
+			return 0;
+		}
+		c->iov_head++;
+	}
+	return 0;
+}
+
+/* Plaintext is encrypted only while no send is in flight, so the adapter never appends to
+ * (or moves) the ciphertext the kernel is reading; what queues meanwhile leaves together in
+ * the next send. */
+static void
+conn_kick_tls(struct send_thread *t, struct send_conn *c)
+{
+	struct io_uring_sqe *sqe;
+	const uint8_t *out;
+	size_t len;
+
+	if (c->sending)
+		return;
+	if (tls_conn_established(c->tls) && conn_encrypt(t, c) < 0)
+		return;
+	out = tls_conn_out(c->tls, &len);
+	if (len == 0)
+		return;
+	sqe = ring_sqe(&t->ring);
+	io_uring_prep_send(sqe, c->fd, out, len, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, send_ud(c, SEND_OP_SEND));
+	c->sending = c->sending_tls = 1;
+	c->pending++;
+}
+
 static void
 conn_kick(struct send_thread *t, struct send_conn *c)
 {
 	struct io_uring_sqe *sqe;
 
+	if (c->tls) {
+		conn_kick_tls(t, c);
+		return;
+	}
 	if (c->sending || c->iov_head == c->iov_n)
 		return;
 	memset(&c->mh, 0, sizeof(c->mh));
@@ -157,6 +226,7 @@ conn_kick(struct send_thread *t, struct send_conn *c)
 	io_uring_prep_sendmsg(sqe, c->fd, &c->mh, MSG_NOSIGNAL);
 	io_uring_sqe_set_data64(sqe, send_ud(c, SEND_OP_SEND));
 	c->sending = 1;
+	c->sending_tls = 0;
 	c->pending++;
 }
 
@@ -191,16 +261,21 @@ send_on_sent(struct send_thread *t, struct send_conn *c, int res)
 		                                              : "send failed");
 		return;
 	}
-	while (c->iov_head < c->iov_n && left >= c->iov[c->iov_head].iov_len)
-		left -= c->iov[c->iov_head++].iov_len;
-	if (c->iov_head < c->iov_n) {
-		c->iov[c->iov_head].iov_base = (char *)c->iov[c->iov_head].iov_base + left;
-		c->iov[c->iov_head].iov_len -= left;
-		conn_kick(t, c);
-	} else if ((c->state == SEND_BODY || (c->state == SEND_TXN && c->bdat_txn)) &&
-	           c->t_data_end_ns == 0) {
-		c->t_data_end_ns = ring_now_ns();
+	if (c->sending_tls) {
+		tls_conn_out_consume(c->tls, left);
+	} else {
+		while (c->iov_head < c->iov_n && left >= c->iov[c->iov_head].iov_len)
+			left -= c->iov[c->iov_head++].iov_len;
+		if (c->iov_head < c->iov_n) {
+			c->iov[c->iov_head].iov_base = (char *)c->iov[c->iov_head].iov_base + left;
+			c->iov[c->iov_head].iov_len -= left;
+		}
 	}
+	conn_kick(t, c); /* the rest; after STARTTLS, the first handshake flight */
+	/* Nothing left to send: the message's last byte is on the wire. */
+	if (!c->sending && (c->state == SEND_BODY || (c->state == SEND_TXN && c->bdat_txn)) &&
+	    c->t_data_end_ns == 0)
+		c->t_data_end_ns = ring_now_ns();
 }
 
 static const char *
@@ -269,14 +344,27 @@ static void
 txn_next(struct send_thread *t, struct send_conn *c)
 {
 	const struct send_opts *o = t->sh->o;
-	uint64_t seq = __atomic_fetch_add(&t->sh->next_seq, 1, __ATOMIC_RELAXED);
+	uint64_t seq =
+	    c->seq_reserved ? c->seq : __atomic_fetch_add(&t->sh->next_seq, 1, __ATOMIC_RELAXED);
 	uint64_t now = ring_now_ns();
 
+	c->seq_reserved = 0;
 	if (seq >= o->messages) {
 		c->state = SEND_QUIT;
 		conn_write(t, c, "QUIT\r\n", 6);
 		return;
 	}
+	/* The message is taken before reconnecting, so a new connection is opened only for a
+	 * message that it will send: --messages-per-connection 1 opens exactly N. */
+	if (o->per_connection && c->msgs_on_conn >= o->per_connection) {
+		c->seq = seq;
+		c->seq_reserved = 1;
+		c->recycle = 1;
+		c->state = SEND_QUIT;
+		conn_write(t, c, "QUIT\r\n", 6);
+		return;
+	}
+	c->msgs_on_conn++;
 	c->seq = seq;
 	c->t_start_ns = now;
 	if (o->rate > 0) {
@@ -383,6 +471,99 @@ send_on_ehlo_line(struct send_conn *c)
 		c->pipelining = 1;
 	else if (send_ehlo_keyword(kw, "CHUNKING"))
 		c->chunking = 1;
+	else if (send_ehlo_keyword(kw, "STARTTLS"))
+		c->starttls_offered = 1;
+}
+
+/* After the handshake: a greeting to wait for (--tls), or EHLO again (--starttls: the
+ * server forgets what was said before, RFC 3207 4.2). */
+static void
+send_tls_ready(struct send_thread *t, struct send_conn *c)
+{
+	hist_record(&t->lat_hs, (ring_now_ns() - c->t_hs_ns) / 1000);
+	STAT_ADD(t, handshakes, 1);
+	if (tls_conn_resumed(c->tls))
+		STAT_ADD(t, handshakes_resumed, 1);
+	if (t->sh->o->tls) {
+		c->state = SEND_GREETING;
+		return;
+	}
+	c->pipelining = c->chunking = c->starttls_offered = 0;
+	c->state = SEND_EHLO_WAIT;
+	conn_write(t, c, SEND_EHLO, strlen(SEND_EHLO));
+}
+
+/* Advances the handshake with what was pushed; -1 when the connection failed. */
+static int
+send_handshake(struct send_thread *t, struct send_conn *c)
+{
+	char why[TLS_ERROR_LEN + 32];
+
+	switch (tls_conn_handshake(c->tls)) {
+	case TLS_OK:
+		send_tls_ready(t, c);
+		return 0;
+	case TLS_WANT:
+		return 0;
+	default:
+		snprintf(why, sizeof(why), "TLS handshake: %s", tls_conn_error(c->tls));
+		conn_fail(t, c, why);
+		return -1;
+	}
+}
+
+/* A new client session. The session is saved under the server address and the connection
+ * slot: a later connection of the same slot resumes it (unless --no-resume). One session per
+ * slot, not one per server as an MTA keeps, works around the adapter: a cached session is
+ * the live session of the connection that saved it, which its NewSessionTicket then changes
+ * in place, so a connection starting meanwhile from it gets a ticket that does not match its
+ * secret, and the server fails its handshake ("binder does not verify"). The certificate is
+ * not checked (verify none). */
+static void
+send_tls_start(struct send_thread *t, struct send_conn *c)
+{
+	const struct send_opts *o = t->sh->o;
+	char key[TLS_NAME_LEN];
+	struct tls_client_params p = {
+	    .session_key = o->no_resume ? NULL : key,
+	    .verify = TLS_VERIFY_NONE,
+	};
+
+	snprintf(key, sizeof(key), "%s#%u", o->server, c->slot);
+	assert(!c->tls);
+	c->tls = tls_conn_client(t->tls, &p);
+	if (!c->tls) {
+		conn_fail(t, c, "out of memory for a TLS connection");
+		return;
+	}
+	c->state = SEND_HANDSHAKE;
+	c->t_hs_ns = ring_now_ns();
+	if (send_handshake(t, c) == 0)
+		conn_kick(t, c);
+}
+
+static void
+send_starttls(struct send_thread *t, struct send_conn *c)
+{
+	if (!c->starttls_offered) {
+		conn_fail(t, c, "--starttls: server does not offer STARTTLS");
+		return;
+	}
+	c->state = SEND_STARTTLS_WAIT;
+	conn_write(t, c, "STARTTLS\r\n", 10);
+}
+
+static void
+send_on_starttls(struct send_thread *t, struct send_conn *c)
+{
+	char why[REPLY_LINE_MAX + 32];
+
+	if (c->rp.code != 220) {
+		snprintf(why, sizeof(why), "STARTTLS refused: %s", c->rp.line);
+		conn_fail(t, c, why);
+		return;
+	}
+	send_tls_start(t, c);
 }
 
 static void
@@ -404,8 +585,11 @@ send_on_hello(struct send_thread *t, struct send_conn *c)
 
 	if (class == 2) {
 		if (c->state == SEND_HELO_WAIT)
-			c->pipelining = c->chunking = 0;
-		txn_next(t, c);
+			c->pipelining = c->chunking = c->starttls_offered = 0;
+		if (t->sh->o->starttls && !c->tls)
+			send_starttls(t, c);
+		else
+			txn_next(t, c);
 	} else if (class == 5 && c->state == SEND_EHLO_WAIT) {
 		c->state = SEND_HELO_WAIT;
 		conn_write(t, c, SEND_HELO, strlen(SEND_HELO));
@@ -430,6 +614,9 @@ send_on_line(struct send_thread *t, struct send_conn *c, int last)
 	case SEND_HELO_WAIT:
 		send_on_hello(t, c);
 		break;
+	case SEND_STARTTLS_WAIT:
+		send_on_starttls(t, c);
+		break;
 	case SEND_TXN:
 		txn_reply(t, c, c->rp.code, c->rp.line);
 		break;
@@ -449,9 +636,10 @@ static void
 send_on_data(struct send_thread *t, struct send_conn *c, const uint8_t *p, size_t len)
 {
 	size_t off = 0, used;
-	int rc;
+	int rc, was_tls = c->tls != NULL;
 
-	while (off < len && c->state != SEND_CLOSING) {
+	/* Bytes after the 220 to STARTTLS are dropped: the server must wait for our hello. */
+	while (off < len && c->state != SEND_CLOSING && (c->tls != NULL) == was_tls) {
 		rc = reply_parser_feed(&c->rp, p + off, len - off, &used);
 		off += used;
 		if (rc < 0) {
@@ -466,6 +654,59 @@ send_on_data(struct send_thread *t, struct send_conn *c, const uint8_t *p, size_
 	}
 }
 
+/* Decrypted replies go to the SMTP side; 0, or -1 when the connection ended. */
+static int
+send_tls_read(struct send_thread *t, struct send_conn *c)
+{
+	unsigned gen = c->gen;
+	enum tls_status st = TLS_WANT;
+	char why[TLS_ERROR_LEN + 16];
+	size_t n;
+
+	while ((n = tls_conn_read(c->tls, t->plain, sizeof(t->plain), &st)) > 0) {
+		send_on_data(t, c, t->plain, n);
+		if (c->gen != gen || c->state == SEND_CLOSING || c->state == SEND_DEAD)
+			return -1;
+	}
+	if (st == TLS_CLOSED) {
+		conn_fail(t, c, "TLS closed by server (close_notify)");
+		return -1;
+	}
+	if (st == TLS_ERROR) {
+		snprintf(why, sizeof(why), "TLS: %s", tls_conn_error(c->tls));
+		conn_fail(t, c, why);
+		return -1;
+	}
+	return 0;
+}
+
+/* Ciphertext in: pushed to the adapter in pieces it takes, each followed by the handshake
+ * or the replies it completes. */
+static void
+send_on_cipher(struct send_thread *t, struct send_conn *c, const uint8_t *p, size_t len)
+{
+	unsigned gen = c->gen;
+	size_t off = 0, n;
+	int stalled = 0;
+
+	while (off < len) {
+		n = tls_conn_push(c->tls, p + off, len - off);
+		off += n;
+		if (c->state == SEND_HANDSHAKE && send_handshake(t, c) < 0)
+			return;
+		if (c->state != SEND_HANDSHAKE && send_tls_read(t, c) < 0)
+			return;
+		if (c->gen != gen)
+			return;
+		if (n == 0 && stalled) {
+			conn_fail(t, c, "TLS input over limit");
+			return;
+		}
+		stalled = n == 0;
+	}
+	conn_kick(t, c);
+}
+
 static void
 send_on_recv(struct send_thread *t, struct send_conn *c, const struct io_uring_cqe *cqe)
 {
@@ -476,7 +717,10 @@ send_on_recv(struct send_thread *t, struct send_conn *c, const struct io_uring_c
 	if (cqe->res > 0) {
 		unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
 
-		send_on_data(t, c, ring_buf(&t->ring, bid), (size_t)cqe->res);
+		if (c->tls)
+			send_on_cipher(t, c, ring_buf(&t->ring, bid), (size_t)cqe->res);
+		else
+			send_on_data(t, c, ring_buf(&t->ring, bid), (size_t)cqe->res);
 		ring_buf_recycle(&t->ring, bid);
 	} else if (cqe->res == 0) {
 		if (c->state == SEND_QUIT)
@@ -508,22 +752,30 @@ send_on_connect(struct send_thread *t, struct send_conn *c, int res)
 		return;
 	}
 	__atomic_store_n(&t->sh->connected, 1, __ATOMIC_RELAXED);
+	STAT_ADD(t, connections_opened, 1);
 	c->state = SEND_GREETING;
 	ring_recv(&t->ring, c->fd, send_ud(c, SEND_OP_RECV));
 	c->pending++;
+	if (t->sh->o->tls)
+		send_tls_start(t, c);
 }
 
 static void
 conn_closed(struct send_thread *t, struct send_conn *c)
 {
-	int retry;
+	int retry, more;
 
 	assert(c->pending == 0);
 	close(c->fd);
 	c->fd = -1;
 	c->gen = (c->gen + 1) & RING_GEN_MASK;
-	retry = c->fails > 0 && c->fails < SEND_RETRY_MAX &&
-	        __atomic_load_n(&t->sh->next_seq, __ATOMIC_RELAXED) < t->sh->o->messages;
+	if (c->tls) {
+		tls_conn_free(c->tls);
+		c->tls = NULL;
+	}
+	more = c->seq_reserved ||
+	       __atomic_load_n(&t->sh->next_seq, __ATOMIC_RELAXED) < t->sh->o->messages;
+	retry = more && (c->fails == 0 ? c->recycle : c->fails < SEND_RETRY_MAX);
 	if (retry) {
 		conn_connect(t, c);
 		return;
@@ -553,10 +805,13 @@ conn_connect(struct send_thread *t, struct send_conn *c)
 	c->state = SEND_CONNECTING;
 	c->pipelining = 0;
 	c->chunking = 0;
+	c->starttls_offered = 0;
+	c->recycle = 0;
+	c->msgs_on_conn = 0;
 	c->bdat_txn = 0;
 	c->need_rset = 0;
 	c->rset_wait = 0;
-	c->sending = 0;
+	c->sending = c->sending_tls = 0;
 	c->iov_head = c->iov_n = 0;
 	reply_parser_init(&c->rp);
 	c->fd = socket(o->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -673,9 +928,14 @@ send_thread_main(void *arg)
 			STAT_ADD(t, lost, 1);
 	}
 	ring_free(&t->ring); /* cancels what is still in flight before the fds go */
-	for (i = 0; i < t->nconns; i++)
+	for (i = 0; i < t->nconns; i++) {
 		if (t->conns[i].fd >= 0)
 			close(t->conns[i].fd);
+		if (t->conns[i].tls)
+			tls_conn_free(t->conns[i].tls);
+	}
+	if (t->tls)
+		tls_client_free(t->tls);
 	__atomic_store_n(&t->done, 1, __ATOMIC_RELEASE);
 	return NULL;
 }
@@ -714,6 +974,19 @@ send_build_cmds(struct send_shared *sh, char *to_hdr)
 }
 
 static int
+send_tls_client(struct send_thread *t)
+{
+	char err[TLS_ERROR_LEN];
+
+	t->tls = tls_client_new(NULL, t->nconns, err, sizeof(err)); /* a session per slot */
+	if (!t->tls) {
+		fprintf(stderr, "ringmx-bench send: TLS client setup failed: %s\n", err);
+		return -1;
+	}
+	return 0;
+}
+
+static int
 send_threads_init(struct send_shared *sh, struct send_thread *ts, unsigned nthreads)
 {
 	const struct send_opts *o = sh->o;
@@ -735,14 +1008,29 @@ send_threads_init(struct send_shared *sh, struct send_thread *ts, unsigned nthre
 		}
 		hist_init(&t->lat_data);
 		hist_init(&t->lat_txn);
+		hist_init(&t->lat_hs);
 		rc = ring_init(&t->ring);
 		if (rc < 0) {
-			while (i-- > 0)
-				ring_free(&ts[i].ring);
-			return rc;
+			fprintf(stderr,
+			        "ringmx-bench send: io_uring setup failed: %s (needs Linux >= 6.1 "
+			        "with io_uring allowed; containers may block it with seccomp)\n",
+			        strerror(-rc));
+			goto fail;
+		}
+		if ((o->tls || o->starttls) && send_tls_client(t) < 0) {
+			ring_free(&t->ring);
+			rc = -EINVAL;
+			goto fail;
 		}
 	}
 	return 0;
+fail:
+	while (i-- > 0) {
+		ring_free(&ts[i].ring);
+		if (ts[i].tls)
+			tls_client_free(ts[i].tls);
+	}
+	return rc;
 }
 
 static void
@@ -762,6 +1050,11 @@ send_sum(const struct send_thread *ts, unsigned n, struct send_counts *sum, uint
 		sum->rcpt_tempfail += __atomic_load_n(&c->rcpt_tempfail, __ATOMIC_RELAXED);
 		sum->rcpt_permfail += __atomic_load_n(&c->rcpt_permfail, __ATOMIC_RELAXED);
 		sum->bytes += __atomic_load_n(&c->bytes, __ATOMIC_RELAXED);
+		sum->connections_opened +=
+		    __atomic_load_n(&c->connections_opened, __ATOMIC_RELAXED);
+		sum->handshakes += __atomic_load_n(&c->handshakes, __ATOMIC_RELAXED);
+		sum->handshakes_resumed +=
+		    __atomic_load_n(&c->handshakes_resumed, __ATOMIC_RELAXED);
 		if (t_last && ts[i].t_last_ns > *t_last)
 			*t_last = ts[i].t_last_ns;
 	}
@@ -804,9 +1097,30 @@ send_wait(const struct send_shared *sh, const struct send_thread *ts, unsigned n
 		printf("\n");
 }
 
+static const char *
+send_tls_mode(const struct send_opts *o)
+{
+	return o->tls ? "implicit" : o->starttls ? "starttls" : "none";
+}
+
+/* Connections and handshakes: keys after the ones that existed before TLS. */
+static void
+send_print_tls_json(const struct send_shared *sh, const struct send_counts *s, double el,
+                    const struct hist *lh)
+{
+	printf(",\"tls\":\"%s\",\"connections_opened\":%llu,\"handshakes\":%llu,"
+	       "\"handshakes_resumed\":%llu,\"handshakes_per_s\":%.1f,\"handshake_p50_ms\":%.3f,"
+	       "\"handshake_p90_ms\":%.3f,\"handshake_p99_ms\":%.3f,\"handshake_max_ms\":%.3f",
+	       send_tls_mode(sh->o), (unsigned long long)s->connections_opened,
+	       (unsigned long long)s->handshakes, (unsigned long long)s->handshakes_resumed,
+	       el > 0 ? (double)s->handshakes / el : 0.0, (double)hist_quantile(lh, 0.5) / 1e3,
+	       (double)hist_quantile(lh, 0.9) / 1e3, (double)hist_quantile(lh, 0.99) / 1e3,
+	       (double)lh->max / 1e3);
+}
+
 static void
 send_print_json(const struct send_shared *sh, const struct send_counts *s, double el,
-                const struct hist *ld, const struct hist *lt, int timed_out)
+                const struct hist *ld, const struct hist *lt, const struct hist *lh, int timed_out)
 {
 	const struct send_opts *o = sh->o;
 	uint64_t done = s->ok + s->tempfail + s->permfail;
@@ -828,12 +1142,13 @@ send_print_json(const struct send_shared *sh, const struct send_counts *s, doubl
 	report_latency_json(stdout, lt);
 	printf("},\"first_errors\":");
 	report_errors_json(&sh->errors, stdout);
+	send_print_tls_json(sh, s, el, lh);
 	printf("}\n");
 }
 
 static void
 send_print_text(const struct send_shared *sh, const struct send_counts *s, double el,
-                const struct hist *ld, const struct hist *lt)
+                const struct hist *ld, const struct hist *lt, const struct hist *lh)
 {
 	const struct send_opts *o = sh->o;
 	uint64_t done = s->ok + s->tempfail + s->permfail;
@@ -849,9 +1164,17 @@ send_print_text(const struct send_shared *sh, const struct send_counts *s, doubl
 	       (unsigned long long)s->permfail, (unsigned long long)s->rcpt_tempfail,
 	       (unsigned long long)s->rcpt_permfail, (unsigned long long)s->conn_errors,
 	       (unsigned long long)s->lost);
+	printf("connections opened: %llu; TLS (%s): %llu handshakes (%llu resumed, %llu full), "
+	       "%.1f handshakes/s\n",
+	       (unsigned long long)s->connections_opened, send_tls_mode(o),
+	       (unsigned long long)s->handshakes, (unsigned long long)s->handshakes_resumed,
+	       (unsigned long long)(s->handshakes - s->handshakes_resumed),
+	       el > 0 ? (double)s->handshakes / el : 0.0);
 	printf("latency ms          p50       p90       p99     p99.9       max\n");
 	report_latency_row(stdout, "data-end", ld);
 	report_latency_row(stdout, "transaction", lt);
+	if (lh->count)
+		report_latency_row(stdout, "tls-handshake", lh);
 	report_errors_print(&sh->errors, stdout);
 }
 
@@ -895,7 +1218,7 @@ static int
 send_report(struct send_shared *sh, struct send_thread *ts, unsigned n)
 {
 	struct send_counts s;
-	struct hist *ld = calloc(2, sizeof(*ld));
+	struct hist *ld = calloc(3, sizeof(*ld));
 	uint64_t t_last = 0;
 	int timed_out = 0, rc;
 	unsigned i;
@@ -905,17 +1228,19 @@ send_report(struct send_shared *sh, struct send_thread *ts, unsigned n)
 		return 1;
 	hist_init(&ld[0]);
 	hist_init(&ld[1]);
+	hist_init(&ld[2]);
 	send_sum(ts, n, &s, &t_last);
 	for (i = 0; i < n; i++) {
 		hist_merge(&ld[0], &ts[i].lat_data);
 		hist_merge(&ld[1], &ts[i].lat_txn);
+		hist_merge(&ld[2], &ts[i].lat_hs);
 		timed_out |= ts[i].timed_out;
 	}
 	el = (double)((t_last ? t_last : ring_now_ns()) - sh->t0_ns) / 1e9;
 	if (sh->o->json)
-		send_print_json(sh, &s, el, &ld[0], &ld[1], timed_out);
+		send_print_json(sh, &s, el, &ld[0], &ld[1], &ld[2], timed_out);
 	else
-		send_print_text(sh, &s, el, &ld[0], &ld[1]);
+		send_print_text(sh, &s, el, &ld[0], &ld[1], &ld[2]);
 	fflush(stdout);
 	rc = send_verdict(sh, &s, timed_out);
 	free(ld);
@@ -956,12 +1281,7 @@ send_run(const struct send_opts *o)
 		send_cleanup(&sh, ts, n);
 		return 2;
 	}
-	rc = send_threads_init(&sh, ts, n);
-	if (rc < 0) {
-		fprintf(stderr,
-		        "ringmx-bench send: io_uring setup failed: %s (needs Linux >= 6.1 "
-		        "with io_uring allowed; containers may block it with seccomp)\n",
-		        strerror(-rc));
+	if (send_threads_init(&sh, ts, n) < 0) {
 		send_cleanup(&sh, ts, n);
 		return 2;
 	}

@@ -24,7 +24,12 @@ struct send_opts {
 	double rate; /* messages/s; 0: as fast as possible */
 	unsigned timeout_s;
 	int json;
-	int bdat; /* --bdat: MAIL, RCPTs and BDAT <n> LAST + message in one write, if offered */
+	int bdat;     /* --bdat: MAIL, RCPTs and BDAT <n> LAST + message in one write, if offered */
+	int starttls; /* --starttls: STARTTLS after EHLO, then EHLO again */
+	int tls;      /* --tls: TLS from the first byte (port 465) */
+	int no_resume; /* --no-resume: every handshake a full one */
+	/* --messages-per-connection: then QUIT and connect again; 0: no limit */
+	uint64_t per_connection;
 };
 
 /* Runs the load and prints the report. Returns the process exit code: 0 when every message

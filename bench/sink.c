@@ -1,6 +1,7 @@
 #include "bench/sink.h"
 
 #include "bench/ring.h"
+#include "tls/tls.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -27,7 +28,7 @@
 #define SINK_ERRORS_MAX   3     /* bad commands before "421" and close */
 #define SINK_TICK_NS      100000000ull
 #define SINK_DRAIN_NS     500000000ull /* after stop: time for the last replies to leave */
-#define SINK_RECORD_MAX   (SINK_ADDR_MAX + SINK_RCPTS_BUF + SINK_MSGID_MAX + 64)
+#define SINK_RECORD_MAX   (SINK_ADDR_MAX + SINK_RCPTS_BUF + SINK_MSGID_MAX + 80)
 #define SINK_SIZE_MAX     104857600 /* message bytes; advertised as SIZE, enforced on BDAT */
 #define SINK_BDAT_DIGITS  19        /* digits of a BDAT size: any such value fits uint64_t */
 #define SINK_STR_(x)      #x
@@ -78,6 +79,9 @@ struct sink_conn {
 	size_t out_off;
 	size_t out_len;
 	size_t out_inflight;
+	struct tls_conn *tls; /* after STARTTLS (or from the start with --implicit-tls) */
+	size_t raw_len;       /* bytes from out_off that leave unencrypted: up to STARTTLS's 220 */
+	int inflight_tls;     /* the send in flight is ciphertext from the adapter */
 	char sender[SINK_ADDR_MAX];
 	char msgid[SINK_MSGID_MAX];
 	char line[SINK_LINE_MAX + 2];
@@ -95,10 +99,14 @@ struct sink_counts {
 	uint64_t rcpt_tempfail;
 	uint64_t rcpt_permfail;
 	uint64_t protocol_errors;
+	uint64_t handshakes;
+	uint64_t handshakes_resumed;
+	uint64_t tls_errors; /* failed handshakes and broken TLS records */
 };
 
 struct sink_shared {
 	const struct sink_opts *o;
+	struct tls_tickets *tickets; /* shared by the threads' servers, so any of them resumes */
 	int record_fd;
 	uint64_t messages; /* all threads, for --expect */
 	uint64_t t_first_ns;
@@ -111,6 +119,7 @@ struct sink_thread {
 	int listen_fd;
 	unsigned gen_next;
 	struct ring ring;
+	struct tls_server *tls; /* NULL without --tls */
 	struct sink_counts st;
 	uint64_t t_last_ns;
 	uint64_t rcpt_seen;
@@ -118,9 +127,11 @@ struct sink_thread {
 	unsigned nfree;
 	unsigned free_slots[SINK_CONNS_MAX];
 	struct sink_conn *conns[SINK_CONNS_MAX];
+	uint8_t plain[RING_BUF_SIZE]; /* decrypted from one receive */
 };
 
 static void sink_close(struct sink_thread *t, struct sink_conn *c);
+static int sink_drained(struct sink_conn *c);
 
 static void
 sink_out(struct sink_conn *c, const char *s, size_t n)
@@ -141,14 +152,68 @@ sink_out(struct sink_conn *c, const char *s, size_t n)
 
 #define SINK_OUT(c, lit) sink_out((c), lit, sizeof(lit) - 1)
 
+/* Nothing left to send, in the clear or encrypted. */
+static int
+sink_drained(struct sink_conn *c)
+{
+	size_t len = 0;
+
+	if (c->out_off != c->out_len)
+		return 0;
+	if (c->tls)
+		tls_conn_out(c->tls, &len);
+	return len == 0;
+}
+
+/* Replies are encrypted only while no send is in flight, so the adapter never appends to
+ * (or moves) the ciphertext the kernel is reading. Until the handshake is done only its
+ * own records go out; the replies wait (the greeting with --implicit-tls). */
+static void
+sink_flush_tls(struct sink_thread *t, struct sink_conn *c)
+{
+	struct io_uring_sqe *sqe;
+	const uint8_t *p;
+	size_t len;
+	ssize_t n;
+
+	if (tls_conn_established(c->tls) && c->out_off < c->out_len) {
+		n = tls_conn_write(c->tls, (const uint8_t *)c->out + c->out_off,
+		                   c->out_len - c->out_off);
+		if (n < 0) {
+			t->st.tls_errors++;
+			sink_close(t, c);
+			return;
+		}
+		c->out_off += (size_t)n;
+		if (c->out_off == c->out_len)
+			c->out_off = c->out_len = 0;
+	}
+	p = tls_conn_out(c->tls, &len);
+	if (len == 0)
+		return;
+	c->out_inflight = len;
+	c->inflight_tls = 1;
+	sqe = ring_sqe(&t->ring);
+	io_uring_prep_send(sqe, c->fd, p, len, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, ring_ud(SINK_OP_SEND, c->slot, c->gen));
+	c->pending++;
+}
+
 static void
 sink_flush(struct sink_thread *t, struct sink_conn *c)
 {
 	struct io_uring_sqe *sqe;
 
-	if (c->out_inflight || c->out_off == c->out_len || c->state == SINK_CLOSING)
+	if (c->out_inflight || c->state == SINK_CLOSING)
 		return;
-	c->out_inflight = c->out_len - c->out_off;
+	if (c->tls && c->raw_len == 0) {
+		sink_flush_tls(t, c);
+		return;
+	}
+	if (c->out_off == c->out_len)
+		return;
+	c->out_inflight = c->tls ? c->raw_len : c->out_len - c->out_off;
+	c->inflight_tls = 0;
 	sqe = ring_sqe(&t->ring);
 	io_uring_prep_send(sqe, c->fd, c->out + c->out_off, c->out_inflight, MSG_NOSIGNAL);
 	io_uring_sqe_set_data64(sqe, ring_ud(SINK_OP_SEND, c->slot, c->gen));
@@ -400,6 +465,30 @@ sink_verb(const char *line, const char *verb)
 	return strncasecmp(line, verb, n) == 0 && (line[n] == '\0' || line[n] == ' ');
 }
 
+/* The 220 and everything before it leave in the clear; the rest of this receive is dropped
+ * by the caller (bytes pipelined after STARTTLS are never executed, RFC 3207 5), and the
+ * session starts over (no envelope survives the handshake). */
+static void
+sink_cmd_starttls(struct sink_thread *t, struct sink_conn *c)
+{
+	if (!t->tls || t->sh->o->implicit_tls) {
+		SINK_ERROR(t, c, "502 5.5.1 STARTTLS not offered\r\n");
+		return;
+	}
+	if (c->tls) {
+		SINK_ERROR(t, c, "503 5.5.1 TLS already active\r\n");
+		return;
+	}
+	c->tls = tls_conn_server(t->tls);
+	if (!c->tls) {
+		SINK_OUT(c, "454 4.7.0 TLS not available\r\n");
+		return;
+	}
+	SINK_OUT(c, "220 2.0.0 ready to start TLS\r\n");
+	c->raw_len = c->out_len - c->out_off;
+	sink_envelope_reset(c);
+}
+
 static void
 sink_command(struct sink_thread *t, struct sink_conn *c, const char *line)
 {
@@ -407,6 +496,8 @@ sink_command(struct sink_thread *t, struct sink_conn *c, const char *line)
 		SINK_OUT(c, SINK_EHLO_HEAD);
 		if (!t->sh->o->no_chunking)
 			SINK_OUT(c, "250-CHUNKING\r\n");
+		if (t->tls && !c->tls)
+			SINK_OUT(c, "250-STARTTLS\r\n");
 		SINK_OUT(c, SINK_EHLO_TAIL);
 	} else if (sink_verb(line, "HELO"))
 		SINK_OUT(c, "250 ringmx-bench\r\n");
@@ -421,7 +512,9 @@ sink_command(struct sink_thread *t, struct sink_conn *c, const char *line)
 	else if (sink_verb(line, "RSET")) {
 		sink_envelope_reset(c);
 		SINK_OUT(c, "250 2.0.0 Ok\r\n");
-	} else if (sink_verb(line, "NOOP"))
+	} else if (sink_verb(line, "STARTTLS"))
+		sink_cmd_starttls(t, c);
+	else if (sink_verb(line, "NOOP"))
 		SINK_OUT(c, "250 2.0.0 Ok\r\n");
 	else if (sink_verb(line, "QUIT")) {
 		SINK_OUT(c, "221 2.0.0 Bye\r\n");
@@ -515,8 +608,9 @@ static void
 sink_record(struct sink_thread *t, const struct sink_conn *c)
 {
 	char line[SINK_RECORD_MAX];
-	int n = snprintf(line, sizeof(line), "%s\t%s\t%llu\t%s\n", c->sender, c->rcpts,
-	                 (unsigned long long)c->size, c->msgid[0] ? c->msgid : "-");
+	int n = snprintf(line, sizeof(line), "%s\t%s\t%llu\t%s\t%s\n", c->sender, c->rcpts,
+	                 (unsigned long long)c->size, c->msgid[0] ? c->msgid : "-",
+	                 c->tls ? tls_conn_version(c->tls) : "none");
 
 	assert(n > 0 && (size_t)n < sizeof(line));
 	if (write(t->sh->record_fd, line, (size_t)n) != n)
@@ -593,13 +687,16 @@ sink_bdat_bytes(struct sink_thread *t, struct sink_conn *c, const uint8_t *p, si
 	return n;
 }
 
+/* SMTP bytes, plaintext or decrypted. A STARTTLS ends the loop: what followed it in the
+ * same receive is dropped. */
 static void
-sink_input(struct sink_thread *t, struct sink_conn *c, const uint8_t *p, size_t len)
+sink_smtp_bytes(struct sink_thread *t, struct sink_conn *c, const uint8_t *p, size_t len)
 {
 	size_t off = 0;
+	int was_tls = c->tls != NULL;
 
-	c->last_io_ns = ring_now_ns();
-	while (off < len && c->state != SINK_QUITTING && c->state != SINK_CLOSING) {
+	while (off < len && c->state != SINK_QUITTING && c->state != SINK_CLOSING &&
+	       (c->tls != NULL) == was_tls) {
 		if (c->state == SINK_DATA)
 			off += sink_data_bytes(t, c, p + off, len - off);
 		else if (c->state == SINK_BDAT)
@@ -607,8 +704,72 @@ sink_input(struct sink_thread *t, struct sink_conn *c, const uint8_t *p, size_t 
 		else
 			off += sink_cmd_bytes(t, c, p + off, len - off);
 	}
+}
+
+/* Completes the handshake, then runs the decrypted commands. -1: the connection ends (an
+ * alert or close_notify may still go out). */
+static int
+sink_tls_advance(struct sink_thread *t, struct sink_conn *c)
+{
+	enum tls_status st = TLS_WANT;
+	size_t n = 0;
+
+	if (!tls_conn_established(c->tls)) {
+		st = tls_conn_handshake(c->tls);
+		if (st == TLS_WANT)
+			return 0;
+		if (st != TLS_OK) { /* the alert goes out; replies queued for later never will */
+			t->st.tls_errors++;
+			c->out_off = c->out_len = 0;
+			c->state = SINK_QUITTING;
+			return -1;
+		}
+		t->st.handshakes++;
+		t->st.handshakes_resumed += tls_conn_resumed(c->tls);
+	}
+	while (c->state != SINK_QUITTING && c->state != SINK_CLOSING &&
+	       (n = tls_conn_read(c->tls, t->plain, sizeof(t->plain), &st)) > 0)
+		sink_smtp_bytes(t, c, t->plain, n);
+	if (n == 0 && (st == TLS_CLOSED || st == TLS_ERROR)) {
+		t->st.tls_errors += st == TLS_ERROR;
+		c->state = SINK_QUITTING;
+		return -1;
+	}
+	return 0;
+}
+
+/* Ciphertext, pushed in the pieces the adapter takes. */
+static void
+sink_tls_input(struct sink_thread *t, struct sink_conn *c, const uint8_t *p, size_t len)
+{
+	size_t off = 0, n;
+	int stalled = 0;
+
+	while (off < len && c->state != SINK_QUITTING && c->state != SINK_CLOSING) {
+		n = tls_conn_push(c->tls, p + off, len - off);
+		off += n;
+		if (sink_tls_advance(t, c) < 0)
+			break;
+		if (n == 0 && stalled) {
+			t->st.tls_errors++;
+			c->state = SINK_QUITTING;
+			break;
+		}
+		stalled = n == 0;
+	}
+}
+
+/* Once STARTTLS was accepted, every byte that arrives is ciphertext. */
+static void
+sink_input(struct sink_thread *t, struct sink_conn *c, const uint8_t *p, size_t len)
+{
+	c->last_io_ns = ring_now_ns();
+	if (c->tls)
+		sink_tls_input(t, c, p, len);
+	else
+		sink_smtp_bytes(t, c, p, len);
 	sink_flush(t, c);
-	if (c->state == SINK_QUITTING && c->out_off == c->out_len)
+	if (c->state == SINK_QUITTING && sink_drained(c))
 		sink_close(t, c);
 }
 
@@ -643,9 +804,16 @@ sink_on_sent(struct sink_thread *t, struct sink_conn *c, int res)
 		sink_close(t, c);
 		return;
 	}
-	c->out_off += (size_t)res;
-	if (c->out_off == c->out_len) {
-		c->out_off = c->out_len = 0;
+	if (c->inflight_tls) {
+		tls_conn_out_consume(c->tls, (size_t)res);
+	} else {
+		c->out_off += (size_t)res;
+		if (c->tls)
+			c->raw_len -= (size_t)res;
+		if (c->out_off == c->out_len)
+			c->out_off = c->out_len = 0;
+	}
+	if (sink_drained(c)) {
 		if (c->state == SINK_QUITTING)
 			sink_close(t, c);
 		return;
@@ -658,6 +826,8 @@ sink_free(struct sink_thread *t, struct sink_conn *c)
 {
 	assert(c->pending == 0);
 	close(c->fd);
+	if (c->tls)
+		tls_conn_free(c->tls);
 	t->conns[c->slot] = NULL;
 	t->free_slots[t->nfree++] = c->slot;
 	free(c);
@@ -681,6 +851,12 @@ sink_on_accept(struct sink_thread *t, int fd)
 
 	if (t->nfree == 0 || !(c = calloc(1, sizeof(*c)))) {
 		t->st.refused++;
+		close(fd);
+		return;
+	}
+	if (t->sh->o->implicit_tls && !(c->tls = tls_conn_server(t->tls))) {
+		t->st.refused++;
+		free(c);
 		close(fd);
 		return;
 	}
@@ -805,9 +981,13 @@ sink_thread_main(void *arg)
 	for (i = 0; i < SINK_CONNS_MAX; i++) {
 		if (t->conns[i]) {
 			close(t->conns[i]->fd);
+			if (t->conns[i]->tls)
+				tls_conn_free(t->conns[i]->tls);
 			free(t->conns[i]);
 		}
 	}
+	if (t->tls)
+		tls_server_free(t->tls);
 	return NULL;
 }
 
@@ -827,6 +1007,22 @@ sink_listen(const struct sink_opts *o)
 		return rc;
 	}
 	return fd;
+}
+
+/* One server context per thread (contexts are not shared), all with the same tickets. */
+static int
+sink_tls_server(struct sink_shared *sh, struct sink_thread *t)
+{
+	const struct tls_cert_files cert = {
+	    .name = NULL, .certificate = sh->o->tls_cert, .key = sh->o->tls_key};
+	char err[TLS_ERROR_LEN];
+
+	t->tls = tls_server_new(&cert, 1, sh->tickets, err, sizeof(err));
+	if (!t->tls) {
+		fprintf(stderr, "ringmx-bench sink: --tls: %s\n", err);
+		return -1;
+	}
+	return 0;
 }
 
 static int
@@ -855,6 +1051,12 @@ sink_threads_init(struct sink_shared *sh, struct sink_thread *ts, unsigned n)
 			close(t->listen_fd);
 			goto fail;
 		}
+		if (sh->o->tls_cert[0] && sink_tls_server(sh, t) < 0) {
+			rc = -EINVAL;
+			close(t->listen_fd);
+			ring_free(&t->ring);
+			goto fail;
+		}
 		t->nfree = SINK_CONNS_MAX;
 		for (j = 0; j < SINK_CONNS_MAX; j++)
 			t->free_slots[j] = SINK_CONNS_MAX - 1 - j;
@@ -864,6 +1066,8 @@ fail:
 	while (i-- > 0) {
 		close(ts[i].listen_fd);
 		ring_free(&ts[i].ring);
+		if (ts[i].tls)
+			tls_server_free(ts[i].tls);
 	}
 	return rc;
 }
@@ -886,6 +1090,9 @@ sink_report(const struct sink_shared *sh, const struct sink_thread *ts, unsigned
 		s.rcpt_tempfail += ts[i].st.rcpt_tempfail;
 		s.rcpt_permfail += ts[i].st.rcpt_permfail;
 		s.protocol_errors += ts[i].st.protocol_errors;
+		s.handshakes += ts[i].st.handshakes;
+		s.handshakes_resumed += ts[i].st.handshakes_resumed;
+		s.tls_errors += ts[i].st.tls_errors;
 		if (ts[i].t_last_ns > t_last)
 			t_last = ts[i].t_last_ns;
 	}
@@ -894,7 +1101,7 @@ sink_report(const struct sink_shared *sh, const struct sink_thread *ts, unsigned
 	printf(sh->o->json
 	           ? "{\"messages\":%llu,\"bytes\":%llu,\"elapsed_s\":%.3f,\"msgs_per_s\":%.1f,"
 	             "\"mb_per_s\":%.3f,\"connections\":%llu,\"refused\":%llu,\"rcpt_ok\":%llu,"
-	             "\"rcpt_tempfail\":%llu,\"rcpt_permfail\":%llu,\"protocol_errors\":%llu}\n"
+	             "\"rcpt_tempfail\":%llu,\"rcpt_permfail\":%llu,\"protocol_errors\":%llu,"
 	           : "ringmx-bench sink: %llu messages, %llu bytes in %.3f s: %.1f msgs/s, %.3f "
 	             "MB/s\nconnections: %llu (%llu refused); rcpts: %llu ok, %llu 4xx, %llu "
 	             "5xx; protocol errors: %llu\n",
@@ -903,6 +1110,14 @@ sink_report(const struct sink_shared *sh, const struct sink_thread *ts, unsigned
 	       (unsigned long long)s.connections, (unsigned long long)s.refused,
 	       (unsigned long long)s.rcpt_ok, (unsigned long long)s.rcpt_tempfail,
 	       (unsigned long long)s.rcpt_permfail, (unsigned long long)s.protocol_errors);
+	printf(sh->o->json ? "\"tls\":\"%s\",\"handshakes\":%llu,\"handshakes_resumed\":%llu,"
+	                     "\"tls_errors\":%llu}\n"
+	                   : "TLS (%s): %llu handshakes (%llu resumed), %llu TLS errors\n",
+	       !sh->o->tls_cert[0]   ? "none"
+	       : sh->o->implicit_tls ? "implicit"
+	                             : "starttls",
+	       (unsigned long long)s.handshakes, (unsigned long long)s.handshakes_resumed,
+	       (unsigned long long)s.tls_errors);
 	fflush(stdout);
 }
 
@@ -945,6 +1160,11 @@ sink_run(const struct sink_opts *o)
 			goto out;
 		}
 	}
+	if (o->tls_cert[0] && !(sh.tickets = tls_tickets_new())) {
+		fprintf(stderr, "ringmx-bench sink: --tls: no session ticket secret (out of "
+		                "memory or no randomness)\n");
+		goto out;
+	}
 	if (sink_threads_init(&sh, ts, o->threads) < 0)
 		goto out;
 	sigemptyset(&set);
@@ -963,6 +1183,8 @@ sink_run(const struct sink_opts *o)
 out:
 	if (sh.record_fd >= 0)
 		close(sh.record_fd);
+	if (sh.tickets)
+		tls_tickets_free(sh.tickets);
 	free(ts);
 	return rc;
 }

@@ -6,7 +6,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-#define SINK_REPLY_CODES_MAX 8 /* entries in --reply */
+#define SINK_REPLY_CODES_MAX 8    /* entries in --reply */
+#define SINK_PATH_MAX        4096 /* bytes of a --tls file name */
 
 struct sink_reply_rule {
 	int code;        /* 400..599 */
@@ -22,7 +23,10 @@ struct sink_opts {
 	const char *record; /* NULL: no record file */
 	unsigned idle_timeout_s;
 	int json;
-	int no_chunking; /* --no-chunking: no CHUNKING in EHLO, BDAT gets 502 */
+	int no_chunking;              /* --no-chunking: no CHUNKING in EHLO, BDAT gets 502 */
+	char tls_cert[SINK_PATH_MAX]; /* --tls CERT,KEY: "" without TLS */
+	char tls_key[SINK_PATH_MAX];
+	int implicit_tls; /* --implicit-tls: TLS from the first byte instead of STARTTLS */
 	unsigned nrules;
 	struct sink_reply_rule rules[SINK_REPLY_CODES_MAX];
 };

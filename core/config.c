@@ -1178,8 +1178,11 @@ static void
 parse_sni(struct loader *ld, const struct item *it, void *target)
 {
 	struct config *cfg = ld->cfg;
-	int count = pairs_count(ld, it, CONFIG_SNI_MAX, "server name: { certificate, key }");
+	int count;
 
+	if (node_is_null(it->value))
+		return;
+	count = pairs_count(ld, it, CONFIG_SNI_MAX, "server name: { certificate, key }");
 	if (count < 0)
 		return;
 	free(cfg->tls_sni);

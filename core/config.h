@@ -141,7 +141,7 @@ struct config {
 	 */
 	char tls_certificate[CONFIG_PATH_LEN];
 	char tls_key[CONFIG_PATH_LEN];
-	struct config_sni *tls_sni; /* sorted by name; NULL when tls_sni_count is 0 */
+	struct config_sni *tls_sni; /* in file order; NULL when tls_sni_count is 0 */
 	unsigned tls_sni_count;     /* <= CONFIG_SNI_MAX; needs tls.certificate */
 
 	/* lower case, no trailing dot; sorted for bsearch */

@@ -151,6 +151,16 @@ conn_blocked(const struct conn *c)
 
 static void conn_event(struct worker *w, struct conn *c, const struct smtp_event *ev);
 
+/* Commands pipelined behind STARTTLS (CVE-2011-0411): dropped, and said once. */
+static void
+conn_log_injection(const struct conn *c, size_t bytes)
+{
+	struct log_line *l = log_begin(CONFIG_LOG_WARNING, NULL, "starttls-injection");
+	log_str(l, "client", c->peer_text);
+	log_uint(l, "discarded", bytes);
+	log_end(l);
+}
+
 /* Feeds input to the engine until it is used up or the engine waits on us. */
 static size_t
 conn_feed(struct worker *w, struct conn *c, const uint8_t *in, size_t len)
@@ -162,6 +172,8 @@ conn_feed(struct worker *w, struct conn *c, const uint8_t *in, size_t len)
 		used += smtp_server_feed(c->smtp, in + used, len - used, &ev);
 		if (ev.type == SMTP_EV_NONE)
 			continue;
+		if (ev.type == SMTP_EV_STARTTLS && ev.discarded > 0)
+			conn_log_injection(c, ev.discarded);
 		conn_event(w, c, &ev);
 		if (ev.type == SMTP_EV_STARTTLS || ev.type == SMTP_EV_CLOSE)
 			return len; /* the rest is never executed (STARTTLS injection) */

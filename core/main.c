@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <grp.h>
+#include <libgen.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pwd.h>
@@ -15,9 +16,11 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/config.h"
+#include "core/config_warn.h"
 #include "core/connlimit.h"
 #include "core/control.h"
 #include "core/log.h"
@@ -28,6 +31,7 @@
 #define EXIT_CONFIG           2  /* the configuration has problems */
 #define LISTEN_PROBE_TRIES    40 /* times LISTEN_PROBE_PAUSE_MS: how long a port may be */
 #define LISTEN_PROBE_PAUSE_MS 50 /* still held by a server that just died */
+#define SELFSIGNED_DAYS       365
 
 static void
 usage(FILE *f)
@@ -138,6 +142,45 @@ drop_privileges(const char *user, const char *spool_dir, char *err, size_t err_l
 	return 0;
 }
 
+/* mkdir -p of the directory holding path; key names the config key in errors. */
+static int
+mkdir_for_file(const char *key, const char *path, char *err, size_t err_len)
+{
+	char dir[CONFIG_PATH_LEN];
+
+	snprintf(dir, sizeof(dir), "%s", path);
+	return config_mkdir_parents(key, dirname(dir), err, err_len) < 0 ? -1 : 0;
+}
+
+/*
+ * The built-in default (no -c) gets a development certificate where it points, so that
+ * STARTTLS and port 2465 work from the first start. A file given with -c never gets one:
+ * there a missing certificate is a configuration error.
+ */
+static int
+selfsigned_prepare(const struct config *cfg, char *err, size_t err_len)
+{
+	char tls_err[TLS_ERROR_LEN];
+
+	if (!config_tls_missing(cfg))
+		return 0;
+	if (mkdir_for_file("tls.certificate", cfg->tls_certificate, err, err_len) != 0 ||
+	    mkdir_for_file("tls.key", cfg->tls_key, err, err_len) != 0)
+		return -1;
+	if (tls_selfsigned_create(cfg->hostname, SELFSIGNED_DAYS, cfg->tls_certificate,
+	                          cfg->tls_key, tls_err, sizeof(tls_err)) != 0) {
+		snprintf(err, err_len,
+		         "tls.certificate %.200s: cannot create a self-signed certificate: %.200s",
+		         cfg->tls_certificate, tls_err);
+		return -1;
+	}
+	log_msg(CONFIG_LOG_WARNING,
+	        "tls: created %s (key %s) for %s, valid %u days: self-signed; replace it for "
+	        "production",
+	        cfg->tls_certificate, cfg->tls_key, cfg->hostname, SELFSIGNED_DAYS);
+	return 0;
+}
+
 struct server {
 	const struct config *cfg;
 	struct policy *policy;
@@ -221,7 +264,9 @@ run(const struct config *cfg)
 	int sfd = -1, rc = 1;
 
 	log_setup(cfg->log_level, cfg->log_format);
-	if (worker_probe_uring(err, sizeof(err)) != 0 || config_check_spool(cfg, err, sizeof(err)))
+	if (worker_probe_uring(err, sizeof(err)) != 0 ||
+	    config_check_spool(cfg, err, sizeof(err)) ||
+	    selfsigned_prepare(cfg, err, sizeof(err)) != 0)
 		goto fail;
 	s.policy = policy_new(cfg, err, sizeof(err));
 	if (s.policy == NULL)
@@ -292,6 +337,45 @@ print_errors(const struct config_errors *errs)
 		fprintf(stderr, "(and %u more problems)\n", errs->dropped);
 }
 
+/* -t: the security warnings (exit code unchanged), and what start-up would create. */
+static void
+print_warnings(const struct config *cfg)
+{
+	struct config_warnings *w = malloc(sizeof(*w));
+
+	if (w == NULL) {
+		fprintf(stderr, "warning: out of memory: security checks skipped\n");
+		return;
+	}
+	config_warn(cfg, (int64_t)time(NULL), w);
+	for (unsigned i = 0; i < w->count; i++)
+		fprintf(stderr, "%s\n", w->line[i]);
+	if (w->dropped)
+		fprintf(stderr, "(and %u more warnings)\n", w->dropped);
+	free(w);
+	if (config_tls_missing(cfg))
+		printf(
+		    "%s: tls.certificate %s does not exist yet: a self-signed certificate for %s "
+		    "will be created at start\n",
+		    cfg->source, cfg->tls_certificate, cfg->hostname);
+}
+
+/* -t: loads the maps too (they are part of the configuration); 0 or EXIT_CONFIG. */
+static int
+check_config(const struct config *cfg)
+{
+	char err[512];
+	struct policy *p = policy_new(cfg, err, sizeof(err));
+
+	if (p == NULL)
+		fprintf(stderr, "%s\n", err);
+	print_warnings(cfg);
+	if (p != NULL)
+		printf("%s: configuration ok\n", cfg->source);
+	policy_free(p);
+	return p == NULL ? EXIT_CONFIG : 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -336,24 +420,12 @@ main(int argc, char **argv)
 		print_errors(&errs);
 		return EXIT_CONFIG;
 	}
-	if (check) {
-		/* the maps are part of the configuration: -t reads them too */
-		char err[512];
-		struct policy *p = policy_new(cfg, err, sizeof(err));
-		if (p == NULL)
-			fprintf(stderr, "%s\n", err);
-		else
-			printf("%s: configuration ok\n", cfg->source);
-		policy_free(p);
-		config_free(cfg);
-		return p == NULL ? EXIT_CONFIG : 0;
-	}
 	if (tls_global_init() != 0) {
-		fprintf(stderr, "ringmx: the TLS library cannot start\n");
+		fprintf(stderr, "ringmx: tls: cannot initialise wolfSSL\n");
 		config_free(cfg);
 		return 1;
 	}
-	int rc = run(cfg);
+	int rc = check ? check_config(cfg) : run(cfg);
 	tls_global_free();
 	config_free(cfg);
 	return rc;

@@ -1318,7 +1318,10 @@ smtp_server_feed(struct smtp_server *s, const uint8_t *in, size_t len, struct sm
 			break;
 		}
 	}
-	return ev->type == SMTP_EV_STARTTLS ? len : used;
+	if (ev->type != SMTP_EV_STARTTLS)
+		return used;
+	ev->discarded = len - used;
+	return len;
 }
 
 /* Session */

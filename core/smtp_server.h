@@ -132,6 +132,7 @@ struct smtp_event {
 	const struct smtp_rcpt *rcpt;         /* SMTP_EV_RCPT */
 	const struct smtp_envelope *envelope; /* SMTP_EV_MESSAGE */
 	enum smtp_close_reason close;         /* SMTP_EV_CLOSE */
+	size_t discarded;                     /* SMTP_EV_STARTTLS: bytes after it, dropped */
 };
 
 /* Result of storing a message (smtp_server_message_done). */

@@ -1,12 +1,19 @@
 """The command lines: -V, --default-config, -t diagnostics, start-up errors, ringmxctl errors."""
 import os
 import re
+import shutil
+import signal
 import socket
+import stat
 import subprocess
+import time
 
 import pytest
 
-from conftest import Ringmx, binary, free_port, wait_port
+from conftest import REPO, Ringmx, binary, free_port, port_free, wait_port, wait_until
+
+TLS_FIXTURES = os.path.join(REPO, "tests", "fixtures", "tls")
+DEFAULT_PORTS = (2525, 2587, 2465)
 
 EXIT_CONFIG = 2
 
@@ -52,15 +59,172 @@ def test_version():
     assert re.fullmatch(r"ringmx \d+\.\d+\.\d+\n", out), out
 
 
+def tls_pair(name):
+    return os.path.join(TLS_FIXTURES, name + ".pem"), os.path.join(TLS_FIXTURES, name + ".key")
+
+
 def test_default_config_round_trips(tmp_path):
     rc, out, err = run(binary("ringmx"), "--default-config")
     assert rc == 0, err
-    for needle in ("127.0.0.1:2525", "role: mx", "example.test", "spool_dir:",
+    for needle in ("127.0.0.1:2525", "127.0.0.1:2587", "127.0.0.1:2465", "role: mx",
+                   "role: submission", "./var/tls/cert.pem", "example.test", "spool_dir:",
                    "control_socket:", "mynetworks:", "limits:"):
         assert needle in out, needle
-    path, rc, out, err = check(tmp_path, out, "default.yaml")
+    (tmp_path / "default.yaml").write_text(out)
+    # as a -c file, a missing certificate is an error: only the built-in default gets one made
+    rc, _, err = run(binary("ringmx"), "-t", "-c", "default.yaml", cwd=tmp_path)
+    assert rc == EXIT_CONFIG and "tls.certificate: cannot read file" in err, err
+    (tmp_path / "var" / "tls").mkdir(parents=True)
+    cert, key = tls_pair("ecdsa")  # names localhost too
+    shutil.copy(cert, tmp_path / "var" / "tls" / "cert.pem")
+    shutil.copy(key, tmp_path / "var" / "tls" / "key.pem")
+    rc, out, err = run(binary("ringmx"), "-t", "-c", "default.yaml", cwd=tmp_path)
     assert rc == 0, err
     assert "configuration ok" in out
+    # submission needs users, which come with the auth issue; nothing else to warn about
+    assert [x for x in err.splitlines() if "auth.passwd_file" not in x] == [], err
+
+
+def test_builtin_default_check_creates_nothing(tmp_path):
+    rc, out, err = run(binary("ringmx"), "-t", cwd=tmp_path)
+    assert rc == 0, err
+    assert ("<default>: tls.certificate ./var/tls/cert.pem does not exist yet: a self-signed "
+            "certificate for localhost will be created at start") in out, out
+    assert "<default>: configuration ok" in out
+    assert list(tmp_path.iterdir()) == [], "-t creates no files"
+
+
+@pytest.mark.skipif(not all(port_free(p) for p in DEFAULT_PORTS),
+                    reason="the built-in default's ports 2525/2587/2465 are taken")
+def test_builtin_default_start_creates_a_self_signed_certificate(tmp_path):
+    def start():
+        proc = subprocess.Popen([binary("ringmx")], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        try:
+            for port in DEFAULT_PORTS:
+                wait_port("127.0.0.1", port, proc=proc)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        return err.decode(errors="replace")
+
+    err = start()
+    cert, key = tmp_path / "var" / "tls" / "cert.pem", tmp_path / "var" / "tls" / "key.pem"
+    created = [x for x in err.splitlines() if "self-signed; replace it for production" in x]
+    assert len(created) == 1, err
+    assert "./var/tls/cert.pem" in created[0] and "localhost" in created[0], created[0]
+    assert cert.read_text().startswith("-----BEGIN CERTIFICATE-----")
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    # the pair it made passes the certificate checks of -t for hostname localhost
+    rc, out, err = run(binary("ringmx"), "-t", cwd=tmp_path)
+    assert rc == 0 and "will be created" not in out, out
+    assert [x for x in err.splitlines() if "tls." in x] == [], err
+    # made once: a second start keeps it
+    before = cert.read_bytes()
+    assert "self-signed" not in start()
+    assert cert.read_bytes() == before
+
+
+def test_given_config_never_gets_a_certificate(tmp_path):
+    text = (base_yaml(tmp_path).replace("tls: none", "tls: may")
+            + "tls: { certificate: ./var/tls/cert.pem, key: ./var/tls/key.pem }\n")
+    (tmp_path / "ringmx.yaml").write_text(text)
+    rc, out, err = run(binary("ringmx"), "-c", "ringmx.yaml", cwd=tmp_path, timeout=10)
+    assert rc == EXIT_CONFIG and "tls.certificate: cannot read file" in err, err
+    assert not (tmp_path / "var").exists()
+
+
+def warn_yaml(tmp_path, listen, extra="", cert="ecdsa", hostname="mx.ringmx.test"):
+    """A config with these listener entries and (unless cert is None) a fixture certificate."""
+    text = (f"hostname: {hostname}\n"
+            f"spool_dir: {tmp_path}/spool\n"
+            f"control_socket: {tmp_path}/ctl.sock\n"
+            f"listen:\n" + "".join(f"  - {{ {x} }}\n" for x in listen)
+            + ("" if "mynetworks:" in extra else "mynetworks: [ 127.0.0.0/8 ]\n") + extra)
+    if cert:
+        c, k = tls_pair(cert)
+        text += f"tls: {{ certificate: {c}, key: {k} }}\n"
+    return text
+
+
+GOOD_LISTEN = ['address: "0.0.0.0:25", role: mx, tls: may',
+               'address: "0.0.0.0:587", role: submission, tls: required, auth: required',
+               'address: "0.0.0.0:465", role: submission, tls: implicit, auth: required']
+PASSWD = f"auth: {{ passwd_file: {TLS_FIXTURES}/ca.pem }}\n"  # any readable file will do
+
+
+def test_check_without_warnings(tmp_path):
+    path, rc, out, err = check(tmp_path, warn_yaml(tmp_path, GOOD_LISTEN, PASSWD))
+    assert (rc, err) == (0, ""), err
+    assert "configuration ok" in out
+
+
+@pytest.mark.parametrize("listen,extra,cert,expect", [
+    (['address: "0.0.0.0:587", role: submission, tls: none, auth: required'], PASSWD, "ecdsa",
+     "warning: listen[0] 0.0.0.0:587: auth: required with tls: none: passwords would cross "
+     "the network in clear text (set tls: required, or tls: implicit on port 465)"),
+    (['address: "0.0.0.0:25", role: mx, tls: required'], "", "ecdsa",
+     "warning: listen[0] 0.0.0.0:25: role: mx with tls: required: RFC 3207 forbids requiring "
+     "TLS of MTAs, mail from servers without TLS would be refused (set tls: may)"),
+    (GOOD_LISTEN[:1] + ['address: "0.0.0.0:25", role: submission, tls: required, '
+                        'auth: required'], PASSWD, "ecdsa",
+     "warning: listen[1] 0.0.0.0:25: role: submission on port 25: ISPs block port 25"),
+    (GOOD_LISTEN, "mynetworks: [ 0.0.0.0/0 ]\n" + PASSWD, "ecdsa",
+     "warning: mynetworks[0] 0.0.0.0/0: not a private, loopback or link-local network: "
+     "anyone on the Internet may relay anywhere without AUTH, an open relay for the world"),
+    (GOOD_LISTEN, 'mynetworks: [ 10.0.0.0/8, "2001:db8::/32" ]\n' + PASSWD, "ecdsa",
+     "warning: mynetworks[1] 2001:db8::/32: not a private"),
+    (['address: "0.0.0.0:587", role: submission, tls: required, auth: "off"'], "", "ecdsa",
+     "warning: listen[0] 0.0.0.0:587: role: submission with auth: off: clients in "
+     "mynetworks or allow-ip relay anywhere without logging in"),
+    (GOOD_LISTEN[:1], "", None,
+     "warning: listen[0] 0.0.0.0:25: tls: may without tls.certificate: STARTTLS would not "
+     "be offered"),
+    (GOOD_LISTEN[:1], "", "expired",
+     f"warning: tls.certificate {TLS_FIXTURES}/expired.pem: expired on 2001-01-01"),
+    (GOOD_LISTEN[:1], "", "wrongname",
+     f"warning: tls.certificate {TLS_FIXTURES}/wrongname.pem: does not name mx.ringmx.test"),
+], ids=["auth-without-tls", "mx-requires-tls", "submission-on-25", "open-relay",
+        "mynetworks-public", "submission-without-auth", "tls-without-certificate",
+        "expired", "wrong-name"])
+def test_security_warning(tmp_path, listen, extra, cert, expect):
+    path, rc, out, err = check(tmp_path, warn_yaml(tmp_path, listen, extra, cert))
+    assert rc == 0, err  # warnings do not change the exit code
+    assert "configuration ok" in out
+    lines = err.splitlines()
+    assert all(x.startswith("warning: ") for x in lines), err
+    assert [x for x in lines if x.startswith(expect)], err
+
+
+def test_key_mismatch_and_sni_warnings(tmp_path):
+    cert, _ = tls_pair("ecdsa")
+    other_cert, other_key = tls_pair("other")
+    text = (warn_yaml(tmp_path, GOOD_LISTEN[:1], cert=None)
+            + f"tls:\n  certificate: {cert}\n  key: {TLS_FIXTURES}/mismatch.key\n"
+            f"  sni:\n"
+            f"    Other.Ringmx.Test: {{ certificate: {other_cert}, key: {other_key} }}\n"
+            f"    wrong.ringmx.test: {{ certificate: {other_cert}, key: {other_key} }}\n")
+    path, rc, out, err = check(tmp_path, text)
+    assert rc == 0 and "configuration ok" in out, err
+    assert err.splitlines() == [
+        f"warning: tls.key {TLS_FIXTURES}/mismatch.key: does not match tls.certificate {cert}: "
+        "the TLS server refuses to load the pair and no handshake could succeed (use the key "
+        "the certificate was made with)",
+        f"warning: tls.sni.wrong.ringmx.test.certificate {other_cert}: does not name "
+        "wrong.ringmx.test: clients that check the name refuse it (get a certificate for "
+        "wrong.ringmx.test)",
+    ], err
+
+
+def test_warnings_and_errors_together(tmp_path):
+    """An invalid config still names its security problems; the exit code is the error's."""
+    text = warn_yaml(tmp_path, ['address: "0.0.0.0:25", role: mx, tls: required'])
+    text += f"recipient_map: {tmp_path}/map\n"
+    (tmp_path / "map").write_text("not an address\n")
+    path, rc, out, err = check(tmp_path, text)
+    assert rc == EXIT_CONFIG
+    assert f"{tmp_path}/map:1:" in err and "RFC 3207" in err, err
 
 
 def test_valid_config_checks_ok(tmp_path):

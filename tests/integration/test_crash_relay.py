@@ -93,7 +93,7 @@ def recorded_ids(path):
     with open(path) as f:
         for line in f:
             fields = line.rstrip("\n").split("\t")
-            if len(fields) == 4:
+            if len(fields) == 5:  # sender, recipients, size, Message-ID, TLS version
                 ids[fields[3]] = ids.get(fields[3], 0) + 1
     return ids
 

@@ -775,6 +775,10 @@ test_sni(struct scratch *s)
 	CHECK(strstr(e.line[6], ":8:21: tls.sni.e.example: expected { certificate: FILE, key: FILE "
 	                        "}") != NULL);
 
+	cfg = load_ok(scratch_write(s, "sni_null.yaml", TLS_PAIR ", sni: ~ }\n"));
+	CHECK(cfg && cfg->tls_sni_count == 0);
+	config_free(cfg);
+
 	/* the default certificate is what clients without SNI (or another name) get */
 	e = load_failing(
 	    scratch_write(s, "sni_alone.yaml",
