@@ -18,6 +18,7 @@ from test_tls_outbound import BODY, ECDSA, deferred_not_delivered, delivered, tl
 # DANE-TA(2) needs the trust anchor in the chain the server sends (RFC 7671 §5.2.2)
 ECDSA_CHAIN = (tls_file("ecdsa-chain.pem"), tls_file("ecdsa.key"))
 OTHER_CHAIN = (["other.pem", "ca.pem"], "other.key")
+CA2_CHAIN = (["ca2-leaf.pem", "ca2.pem"], "ca2-leaf.key")
 
 
 def fixture_tlsa(name, usage, selector, mtype):
@@ -92,6 +93,8 @@ def test_dane_match_delivers(ringmx_factory, dns_fixture, dane_sink, domain, hos
     (ECDSA, "dane-eebad.ringmx.test"),  # 3 1 1 of a key nobody has
     (None, "dane-ee.ringmx.test"),  # a secure usable TLSA makes STARTTLS mandatory
     (OTHER_CHAIN, "dane-ta.ringmx.test"),  # chains to the TLSA's CA, for other.ringmx.test
+    (CA2_CHAIN, "dane-ta.ringmx.test"),  # the right name, but from another CA
+    (ECDSA, "dane-ta.ringmx.test"),  # the TLSA's CA is not in the chain the server sent
 ], indirect=["dane_sink"])
 def test_dane_mismatch_defers(ringmx_factory, dns_fixture, dane_sink, domain):
     server = dane_server(ringmx_factory, dns_fixture, dane_sink)
