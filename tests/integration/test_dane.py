@@ -1,5 +1,5 @@
 """DANE (RFC 7672) end to end on the signed DNS fixture: the zone ringmx.test publishes, for
-loopback MX hosts, TLSA records that start.sh computes from the test PKI (DANE-EE 3 1 1 of
+loopback MX hosts, TLSA records that start.sh takes from tests/fixtures/tls/tlsa.txt (3 1 1 of
 the ECDSA fixture key, DANE-TA 2 0 1 of the test CA, a record for a key nobody has, and a
 correct record whose signature start.sh breaks); insecure.test has a loopback host whose
 (wrong) TLSA is unsigned. With `outbound.tls: dane` a secure usable TLSA makes TLS and a
@@ -8,8 +8,6 @@ and an insecure one leaves delivery opportunistic (`may`).
 
 Every MX host here is 127.0.0.2; the sink listens there on outbound.port (LoopSink).
 """
-import subprocess
-
 import pytest
 
 from conftest import tls_file
@@ -17,27 +15,32 @@ from test_dns import LoopSink, dns_fixture, mx_server, resolve, sink_port  # noq
 from test_outbound import outcome_lines, send
 from test_tls_outbound import BODY, ECDSA, deferred_not_delivered, delivered, tls_field
 
-OTHER = (tls_file("other.pem"), tls_file("other.key"))
+# DANE-TA(2) needs the trust anchor in the chain the server sends (RFC 7671 §5.2.2)
+ECDSA_CHAIN = (tls_file("ecdsa-chain.pem"), tls_file("ecdsa.key"))
+OTHER_CHAIN = (["other.pem", "ca.pem"], "other.key")
+CA2_CHAIN = (["ca2-leaf.pem", "ca2.pem"], "ca2-leaf.key")
 
 
-def tlsa_hash(pem, selector):
-    """SHA-256 of a certificate (selector 0) or of its SubjectPublicKeyInfo (1), as hex."""
-    der = subprocess.run(["openssl", "x509", "-in", pem, "-outform", "DER"],
-                         capture_output=True, check=True, timeout=10).stdout
-    if selector == 1:
-        pub = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-pubkey"],
-                             input=der, capture_output=True, check=True, timeout=10).stdout
-        der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=pub,
-                             capture_output=True, check=True, timeout=10).stdout
-    return subprocess.run(["openssl", "dgst", "-sha256", "-r"], input=der,
-                          capture_output=True, check=True, timeout=10).stdout.split()[0].decode()
+def fixture_tlsa(name, usage, selector, mtype):
+    """Record data for a certificate of the test PKI, from its tlsa.txt (make-certs.sh)."""
+    with open(tls_file("tlsa.txt")) as f:
+        for line in f:
+            n, u, s, m, data = line.split()
+            if (n, int(u), int(s), int(m)) == (name, usage, selector, mtype):
+                return data
+    raise KeyError(name)
 
 
 @pytest.fixture
-def dane_sink(request):
-    """A LoopSink on 127.0.0.2 with the certificate pair the test's parameter names (or the
-    ECDSA fixture), or no TLS at all for None."""
+def dane_sink(request, tmp_path):
+    """A LoopSink on 127.0.0.2 serving the test's parameter: a (certificate, key) pair, a
+    ([PEM files of the chain], key name) to concatenate, None for no TLS at all; the ECDSA
+    fixture pair by default."""
     tls = getattr(request, "param", ECDSA)
+    if tls is not None and isinstance(tls[0], list):
+        chain = tmp_path / "chain.pem"
+        chain.write_bytes(b"".join(open(tls_file(p), "rb").read() for p in tls[0]))
+        tls = (str(chain), tls_file(tls[1]))
     with LoopSink(port=sink_port(), tls=tls) as sink:
         yield sink
 
@@ -50,8 +53,8 @@ def dane_server(factory, fx, sink, mode="dane"):
 
 def test_fixture_tlsa_records_as_resolved(ringmx_factory, dns_fixture):
     server = mx_server(ringmx_factory, dns_fixture, 2525)
-    ee_spki = tlsa_hash(tls_file("ecdsa.pem"), 1)
-    ca_cert = tlsa_hash(tls_file("ca.pem"), 0)
+    ee_spki = fixture_tlsa("ecdsa", 3, 1, 1)
+    ca_cert = fixture_tlsa("ca", 2, 0, 1)
     expect = {"dane-ee.ringmx.test": ("ee.ringmx.test", "secure", f"3 1 1 {ee_spki}"),
               "dane-ta.ringmx.test": ("mx.ringmx.test", "secure", f"2 0 1 {ca_cert}"),
               "dane-eebad.ringmx.test": ("eebad.ringmx.test", "secure", "3 1 1 0011"),
@@ -72,13 +75,13 @@ def test_fixture_tlsa_records_as_resolved(ringmx_factory, dns_fixture):
 
 # ---- delivery -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("domain,host", [
+@pytest.mark.parametrize("dane_sink,domain,host", [
     # 3 1 1 of the sink's key; the certificate's names (mx.ringmx.test, not ee.ringmx.test)
     # do not matter for DANE-EE
-    ("dane-ee.ringmx.test", "ee.ringmx.test"),
+    (ECDSA, "dane-ee.ringmx.test", "ee.ringmx.test"),
     # 2 0 1 of the test CA, and the MX host mx.ringmx.test is the certificate's name
-    ("dane-ta.ringmx.test", "mx.ringmx.test"),
-])
+    (ECDSA_CHAIN, "dane-ta.ringmx.test", "mx.ringmx.test"),
+], indirect=["dane_sink"])
 def test_dane_match_delivers(ringmx_factory, dns_fixture, dane_sink, domain, host):
     server = dane_server(ringmx_factory, dns_fixture, dane_sink)
     msg, line = delivered(server, dane_sink, send(server, BODY, rcpts=[f"u@{domain}"]))
@@ -89,7 +92,9 @@ def test_dane_match_delivers(ringmx_factory, dns_fixture, dane_sink, domain, hos
 @pytest.mark.parametrize("dane_sink,domain", [
     (ECDSA, "dane-eebad.ringmx.test"),  # 3 1 1 of a key nobody has
     (None, "dane-ee.ringmx.test"),  # a secure usable TLSA makes STARTTLS mandatory
-    (OTHER, "dane-ta.ringmx.test"),  # chains to the TLSA's CA, but for other.ringmx.test
+    (OTHER_CHAIN, "dane-ta.ringmx.test"),  # chains to the TLSA's CA, for other.ringmx.test
+    (CA2_CHAIN, "dane-ta.ringmx.test"),  # the right name, but from another CA
+    (ECDSA, "dane-ta.ringmx.test"),  # the TLSA's CA is not in the chain the server sent
 ], indirect=["dane_sink"])
 def test_dane_mismatch_defers(ringmx_factory, dns_fixture, dane_sink, domain):
     server = dane_server(ringmx_factory, dns_fixture, dane_sink)

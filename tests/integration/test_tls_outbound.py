@@ -124,7 +124,8 @@ def test_verify_with_the_fixture_ca(ringmx_factory):
     ("other", "ca.pem"),  # trusted, but for other.ringmx.test
     ("wrongname", "ca.pem"),  # trusted, for a name that is nowhere near
     ("expired", "ca.pem"),  # the right name, expired
-    ("ecdsa", "ca2.pem"),  # the right name, from a CA we do not trust
+    ("ca2-leaf", "ca.pem"),  # the right name, from a CA we do not trust
+    ("ecdsa", "ca2.pem"),  # the right name, and only another CA is trusted
 ])
 def test_verify_refuses_a_bad_certificate(ringmx_factory, cert, ca):
     with Sink(tls=(tls_file(f"{cert}.pem"), tls_file(f"{cert}.key"))) as sink:
