@@ -1352,7 +1352,7 @@ static const char default_yaml[] =
     "\n"
     "outbound:                      # delivery to next hops\n"
     "  port: 25                     # SMTP port of next hops (tests point it at a sink)\n"
-    "  tls: may                     # none | may | encrypt | dane | verify\n"
+    "  tls: dane                    # none | may | encrypt | dane | verify (dane: may without TLSA)\n"
     "  # tls_ca_file: /etc/ssl/certs/ca-certificates.crt  # CAs for verify (the default)\n"
     "  max_connections_per_destination: 20   # parallel connections to one next hop\n"
     "  max_messages_per_connection: 100      # messages sent before reconnecting\n"
@@ -1415,7 +1415,7 @@ defaults_set(struct config *cfg)
 	strcpy(cfg->dns_trust_anchor_file, "/usr/share/dns/root.key");
 	cfg->dns_dnssec = true;
 	cfg->outbound_port = 25;
-	cfg->outbound_tls = CONFIG_OUT_TLS_MAY;
+	cfg->outbound_tls = CONFIG_OUT_TLS_DANE;
 	strcpy(cfg->outbound_tls_ca_file, "/etc/ssl/certs/ca-certificates.crt");
 	cfg->outbound_max_connections_per_destination = 20;
 	cfg->outbound_max_messages_per_connection = 100;

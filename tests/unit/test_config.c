@@ -360,7 +360,7 @@ test_default(struct scratch *s)
 	CHECK(cfg->routes[0].kind == CONFIG_ROUTE_MX);
 	CHECK(cfg->dns_forward_count == 0 && cfg->dns_dnssec);
 	CHECK(strcmp(cfg->dns_trust_anchor_file, "/usr/share/dns/root.key") == 0);
-	CHECK(cfg->outbound_port == 25 && cfg->outbound_tls == CONFIG_OUT_TLS_MAY);
+	CHECK(cfg->outbound_port == 25 && cfg->outbound_tls == CONFIG_OUT_TLS_DANE);
 	CHECK(strcmp(cfg->outbound_tls_ca_file, "/etc/ssl/certs/ca-certificates.crt") == 0);
 	CHECK(cfg->outbound_max_connections_per_destination == 20);
 	CHECK(cfg->outbound_max_messages_per_connection == 100);
