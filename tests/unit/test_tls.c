@@ -447,17 +447,16 @@ test_resumption_auth(void)
 }
 
 /* A DANE connection to a server with cert/key: the status and what the client decided. */
+/* One handshake against cert/key, the client checking as cp says: its status and result. */
 static enum tls_status
-dane_run(const char *cert, const char *key, const char *name, const struct tls_dane_record *r,
-         unsigned count, enum tls_auth *auth, char *err, size_t err_len)
+client_run(const char *cert, const char *key, struct tls_client *c,
+           const struct tls_client_params *cp, enum tls_auth *auth, char *err, size_t err_len)
 {
 	struct tls_server *s = server_with(cert, key, NULL);
-	struct tls_client *c = client_with(NULL, 0);
-	struct tls_client_params cp = {name, NULL, TLS_VERIFY_DANE, r, count};
 	struct pair p;
 	enum tls_status st;
 
-	pair_open(&p, s, c, &cp, false, false);
+	pair_open(&p, s, c, cp, false, false);
 	st = p.cs;
 	*auth = tls_conn_auth(p.c);
 	snprintf(err, err_len, "%s", tls_conn_error(p.c));
@@ -465,6 +464,15 @@ dane_run(const char *cert, const char *key, const char *name, const struct tls_d
 	tls_server_free(s);
 	tls_client_free(c);
 	return st;
+}
+
+static enum tls_status
+dane_run(const char *cert, const char *key, const char *name, const struct tls_dane_record *r,
+         unsigned count, enum tls_auth *auth, char *err, size_t err_len)
+{
+	struct tls_client_params cp = {name, NULL, TLS_VERIFY_DANE, r, count};
+
+	return client_run(cert, key, client_with(NULL, 0), &cp, auth, err, err_len);
 }
 
 static void
@@ -560,20 +568,9 @@ static enum tls_status
 verify_run(const char *cert, const char *key, const char *ca, const char *name, enum tls_verify v,
            enum tls_auth *auth, char *err, size_t err_len)
 {
-	struct tls_server *s = server_with(cert, key, NULL);
-	struct tls_client *c = tls_client_new(ca, 0, err, err_len);
 	struct tls_client_params cp = {name, NULL, v, NULL, 0};
-	struct pair p;
-	enum tls_status st;
 
-	pair_open(&p, s, c, &cp, false, false);
-	st = p.cs;
-	*auth = tls_conn_auth(p.c);
-	snprintf(err, err_len, "%s", tls_conn_error(p.c));
-	pair_close(&p);
-	tls_server_free(s);
-	tls_client_free(c);
-	return st;
+	return client_run(cert, key, tls_client_new(ca, 0, err, err_len), &cp, auth, err, err_len);
 }
 
 static void
