@@ -1352,7 +1352,7 @@ static const char default_yaml[] =
     "\n"
     "outbound:                      # delivery to next hops\n"
     "  port: 25                     # SMTP port of next hops (tests point it at a sink)\n"
-    "  tls: dane                    # none | may | encrypt | dane | verify (dane: may without TLSA)\n"
+    "  tls: dane                    # none | may | encrypt | dane (may without TLSA) | verify\n"
     "  # tls_ca_file: /etc/ssl/certs/ca-certificates.crt  # CAs for verify (the default)\n"
     "  max_connections_per_destination: 20   # parallel connections to one next hop\n"
     "  max_messages_per_connection: 100      # messages sent before reconnecting\n"
